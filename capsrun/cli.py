@@ -1,0 +1,195 @@
+"""`capsrun <command> [overrides]`: dispatches on the first argument, hands the rest to Hydra.
+
+Every command checks its config before anything is written; bad input ends with one line on
+stderr and exit code 2, never a traceback.
+"""
+import itertools
+import os
+import sys
+
+from capsrun.errors import EXIT_USAGE, CapsrunError
+
+USAGE = """usage: capsrun <command> [key=value ...]
+
+commands:
+  train   train a CapsNet (Hydra overrides, -m for sweeps, resume=RUN_DIR to continue a run)
+
+examples:
+  capsrun train epochs=50
+  capsrun train -m model.routing_iterations=1,2,3
+  capsrun train resume=outputs/2026-11-28/10-00-00
+"""
+CONFIG_GROUPS = ("data", "model", "loss", "optimizer", "trainer", "experiment", "hparams_search")
+MAX_CHECKED_SWEEP_JOBS = 64
+
+
+def _quiet_tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _split_args(args):
+    """(Hydra flags such as -m/--cfg, config overrides)."""
+    flags = [arg for arg in args if arg.startswith("-")]
+    return flags, [arg for arg in args if not arg.startswith("-")]
+
+
+def _parse_overrides(overrides):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return OverridesParser.create().parse_overrides(overrides)
+    except HydraException as error:
+        raise CapsrunError(f"cannot parse overrides: {str(error).strip().splitlines()[0]}") from None
+
+
+def _check_keys(parsed):
+    """Unknown keys are rejected with the closest valid key."""
+    from omegaconf import OmegaConf
+
+    from capsrun.config import Config, flat_keys, suggest_key
+
+    known = flat_keys(OmegaConf.structured(Config))
+    for override in parsed:
+        key = override.key_or_group
+        if override.is_add() or override.is_delete() or key.startswith("hydra") or key in CONFIG_GROUPS:
+            continue
+        if key not in known:
+            raise CapsrunError(suggest_key(key, known))
+
+
+def _one_line(error):
+    """The useful lines of a Hydra/OmegaConf error (and of its cause) joined into one line."""
+    if error.__cause__ is not None:
+        return f"{_one_line_of(error)}: {_one_line_of(error.__cause__)}"
+    return _one_line_of(error)
+
+
+def _one_line_of(error):
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("full_key", "object_type", "reference_type", "Set the env"))]
+    return ": ".join(useful[:2]).replace("\n", " ") if useful else type(error).__name__
+
+
+def compose(config_name, overrides):
+    """Composes `conf/<config_name>.yaml` with overrides through Hydra's compose API."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from capsrun.config import config_dir, register_configs
+
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=config_dir(), version_base="1.3", job_name="capsrun"):
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException, ValueError) as error:
+        raise CapsrunError(f"invalid config: {_one_line(error)}") from None
+
+
+def check_train_overrides(overrides):
+    """Composes and validates the config of every job a command line would run (sweeps included)."""
+    from capsrun.config import validate
+
+    parsed = _parse_overrides(overrides)
+    _check_keys(parsed)
+    choices = []
+    for override in parsed:
+        if override.key_or_group.startswith("hydra"):
+            continue
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():
+                continue
+            key = override.get_key_element()
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            choices.append([override.input_line])
+    for combination in itertools.islice(itertools.product(*choices), MAX_CHECKED_SWEEP_JOBS):
+        validate(compose("config", combination))
+
+
+def _resume_overrides(overrides):
+    """`resume=RUN_DIR` continues that run in its own folder with its own overrides; later
+    overrides on the command line (e.g. a larger `epochs`) apply on top."""
+    resume = [o for o in overrides if o.startswith("resume=")]
+    if not resume:
+        return overrides
+    from omegaconf import OmegaConf
+
+    from capsrun.runfiles import load_run_config
+
+    run_dir = os.path.abspath(resume[-1].split("=", 1)[1])
+    load_run_config(run_dir)
+    saved = OmegaConf.load(os.path.join(run_dir, ".hydra", "overrides.yaml"))
+    previous = [o for o in saved if not o.startswith(("resume=", "hydra."))]
+    rest = [o for o in overrides if not o.startswith("resume=")]
+    return previous + rest + [f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
+
+
+def train_command(args):
+    flags, overrides = _split_args(args)
+    overrides = _resume_overrides(overrides)
+    informational = {"--help", "-h", "--cfg", "-c", "--info", "--hydra-help", "--shell-completion", "-sc"}
+    if not informational.intersection(flags):
+        check_train_overrides(overrides)
+    return _run_hydra(flags + overrides)
+
+
+def _run_hydra(argv):
+    """Runs the Hydra app for `capsrun train` with `argv` as its command line."""
+    import hydra
+
+    from capsrun.config import config_dir, register_configs
+
+    register_configs()
+
+    @hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")
+    def train_app(cfg):
+        from hydra.core.hydra_config import HydraConfig
+
+        from capsrun.training import train
+
+        try:
+            metrics = train(cfg, HydraConfig.get().runtime.output_dir)
+        except CapsrunError as error:
+            print(f"capsrun train: error: {error}", file=sys.stderr)
+            raise SystemExit(EXIT_USAGE) from None
+        return metrics.get("best_val_accuracy")
+
+    saved_argv = sys.argv
+    sys.argv = ["capsrun train", *argv]
+    try:
+        train_app()
+    finally:
+        sys.argv = saved_argv
+    return 0
+
+
+COMMANDS = {"train": train_command}
+
+
+def main(argv=None):
+    """Entry point of the `capsrun` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else EXIT_USAGE
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"capsrun: error: unknown command '{command}'; choose one of: {', '.join(COMMANDS)} "
+              "(see capsrun --help)", file=sys.stderr)
+        return EXIT_USAGE
+    _quiet_tensorflow()
+    try:
+        return COMMANDS[command](rest)
+    except CapsrunError as error:
+        print(f"capsrun {command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"capsrun {command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

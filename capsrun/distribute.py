@@ -1,0 +1,100 @@
+"""Device set-up and the tf.distribute strategy for a run (the same pieces serve train and eval).
+
+Call `setup_devices` before anything else touches TensorFlow's devices.
+"""
+import logging
+import os
+
+import keras
+import tensorflow as tf
+
+from capsrun.errors import CapsrunError
+
+log = logging.getLogger(__name__)
+
+
+def setup_devices(trainer_cfg, seed):
+    """Logical CPU devices, determinism, seeds and the mixed-precision policy.
+
+    `trainer.cpu_devices=N` splits the CPU into N logical devices on machines without a GPU:
+    MirroredStrategy then runs N replicas on the CPU (the stand-in for several GPUs in tests).
+    """
+    gpus = tf.config.list_physical_devices("GPU")
+    if trainer_cfg.cpu_devices and not gpus:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        wanted = [tf.config.LogicalDeviceConfiguration()] * trainer_cfg.cpu_devices
+        current = tf.config.get_logical_device_configuration(cpu)
+        if current is None or len(current) != len(wanted):
+            try:
+                tf.config.set_logical_device_configuration(cpu, wanted)
+            except RuntimeError:
+                raise CapsrunError(
+                    "trainer.cpu_devices cannot change after TensorFlow initialised its devices; "
+                    "set it on the command line of a fresh process"
+                ) from None
+    keras.utils.set_random_seed(seed)
+    if trainer_cfg.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy(
+        "float32" if trainer_cfg.mixed_precision == "none" else trainer_cfg.mixed_precision
+    )
+
+
+def make_strategy(trainer_cfg):
+    """The strategy named by `trainer.strategy`.
+
+    auto: MirroredStrategy over all GPUs when there are any (or over the logical CPUs when
+    `trainer.cpu_devices` > 1), otherwise the default (single-device) strategy.
+    mirrored: MirroredStrategy over `trainer.devices` (default: all GPUs, else all logical CPUs).
+    one_device: the first GPU, else the CPU.
+    multi_worker: MultiWorkerMirroredStrategy with the cluster from TF_CONFIG.
+    """
+    gpus = tf.config.list_logical_devices("GPU")
+    cpus = tf.config.list_logical_devices("CPU")
+    name = trainer_cfg.strategy
+    if trainer_cfg.devices:
+        known = {device.name for device in gpus + cpus}
+        full = [_full_device_name(device) for device in trainer_cfg.devices]
+        unknown = [device for device, full_name in zip(trainer_cfg.devices, full) if full_name not in known]
+        if unknown:
+            raise CapsrunError(
+                f"trainer.devices names unknown devices {unknown}; available: {sorted(known)}"
+            )
+    if name == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise CapsrunError("trainer.strategy=multi_worker needs TF_CONFIG describing the cluster")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "one_device":
+        device = trainer_cfg.devices[0] if trainer_cfg.devices else (gpus or cpus)[0].name
+        return tf.distribute.OneDeviceStrategy(device)
+    devices = list(trainer_cfg.devices) if trainer_cfg.devices else [d.name for d in (gpus or cpus)]
+    if name == "mirrored" or (name == "auto" and len(devices) > 1):
+        return tf.distribute.MirroredStrategy(devices)
+    return tf.distribute.get_strategy()
+
+
+def _full_device_name(device):
+    """'CPU:0', '/cpu:0' or '/device:CPU:0' -> '/device:CPU:0' (TensorFlow's logical device name)."""
+    device = device.lstrip("/")
+    if device.lower().startswith("device:"):
+        device = device.split(":", 1)[1]
+    return f"/device:{device.upper()}"
+
+
+def use_jit(trainer_cfg):
+    """Whether train and eval steps are XLA-compiled: `auto` means only when a GPU is visible
+    (XLA made the CapsNet step about 14x slower on a 2-core CPU)."""
+    setting = str(trainer_cfg.jit_compile).lower()
+    if setting == "auto":
+        return bool(tf.config.list_physical_devices("GPU"))
+    return setting == "true"
+
+
+def check_batch_size(batch_size, strategy):
+    """The global batch must split evenly over the replicas."""
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise CapsrunError(
+            f"batch_size={batch_size} does not divide by the {replicas} replicas; "
+            f"use a multiple of {replicas}"
+        )

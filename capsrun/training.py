@@ -1,0 +1,327 @@
+"""Training: `train(cfg, run_dir)` builds everything from the config and runs the Trainer.
+
+The Trainer follows the orbit pattern: train_loop_begin (an epoch's data), train_step
+(one compiled, distributed step), train_loop_end (validation, summaries, checkpoints).
+The strategy is the one whose scope created the model and optimizer.
+"""
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from capsrun import data as data_lib
+from capsrun.config import validate
+from capsrun.distribute import check_batch_size, make_strategy, setup_devices, use_jit
+from capsrun.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, CapsrunError
+from capsrun.evaluation import Evaluator, to_unit_range
+from capsrun.losses import capsule_losses
+from capsrun.model import build_model
+from capsrun.runfiles import RunCheckpoints, TrainingProgress, check_writable, write_json_atomic
+from capsrun.summaries import image_grid, write_hparams, write_scalars
+
+log = logging.getLogger(__name__)
+
+
+class StopRequested:
+    """Turns SIGTERM/SIGINT into a flag checked after every step (the step always finishes)."""
+
+    def __init__(self):
+        self.signal_name = None
+
+    def __enter__(self):
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal_name = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def make_optimizer(opt_cfg, steps_per_epoch, mixed_precision):
+    """Adam with lr * decay_rate ** epoch (staircase per epoch, keyed on the optimizer's own
+    iteration count, so a restored optimizer resumes the schedule where it stopped)."""
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        opt_cfg.lr, decay_steps=max(steps_per_epoch, 1), decay_rate=opt_cfg.decay_rate, staircase=True
+    )
+    optimizer = keras.optimizers.Adam(learning_rate=schedule, epsilon=opt_cfg.epsilon)
+    if mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+class Trainer:
+    """Runs the epochs of one run; `fit()` returns the final metrics dict."""
+
+    def __init__(self, cfg, run_dir, strategy, splits):
+        self.cfg, self.run_dir, self.strategy, self.splits = cfg, Path(run_dir), strategy, splits
+        self.batch_size = cfg.batch_size
+        self.steps_per_epoch = data_lib.steps_per_epoch(splits.train, cfg.batch_size)
+        jit = use_jit(cfg.trainer)
+        with strategy.scope():
+            self.model = build_model(cfg.model, splits.image_shape, splits.num_classes)
+            self.optimizer = make_optimizer(cfg.optimizer, self.steps_per_epoch, cfg.trainer.mixed_precision)
+            # Keras 3 optimizers must create their slots eagerly under a strategy (keras#23085).
+            self.optimizer.build(self.model.trainable_variables)
+            self.progress = TrainingProgress()
+        self.checkpoints = RunCheckpoints(run_dir, self.model, self.optimizer, self.progress, cfg.trainer.keep_checkpoints)
+        self.evaluator = Evaluator(
+            self.model, cfg.loss, strategy, cfg.trainer.eval_batch_size or cfg.batch_size, jit_compile=jit
+        )
+        replica_step = tf.function(self._replica_step, jit_compile=jit, reduce_retracing=True)
+        self._train_step = tf.function(
+            lambda images, labels: self._reduce(strategy.run(replica_step, args=(images, labels))),
+            reduce_retracing=True,
+        )
+        self.writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
+        self.history = []
+
+    def _replica_step(self, images, labels):
+        """One replica's share of a global batch: uint8 images [b, H, W, C], int32 labels [b].
+
+        Losses are summed over the replica's examples and divided by the GLOBAL batch size, so
+        that the gradients the optimizer sums over replicas equal those of the whole batch on one
+        device. Under mixed_float16 the loss is multiplied by the dynamic loss scale before the
+        gradient and the optimizer (a LossScaleOptimizer) divides the gradients by it again.
+        """
+        images = to_unit_range(images)
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            outputs = self.model(images, labels=labels, training=True)
+            losses = capsule_losses(
+                self.cfg.loss, outputs["lengths"], labels, images, outputs["reconstructions"], self.model.num_classes
+            )
+            loss = tf.reduce_sum(losses["total"]) / self.batch_size
+            scaled_loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, variables)
+        if self.cfg.trainer.max_grad_norm:
+            gradients = self._clip_global(gradients)
+        grad_norm = tf.linalg.global_norm(gradients)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        predicted = tf.argmax(outputs["lengths"], axis=-1, output_type=tf.int32)
+        finite = tf.math.is_finite(loss)
+        if self.cfg.trainer.mixed_precision != "mixed_float16":
+            finite = tf.logical_and(finite, tf.math.is_finite(grad_norm))
+        return {
+            "loss": tf.reduce_sum(losses["total"]),
+            "margin_loss": tf.reduce_sum(losses["margin"]),
+            "reconstruction_loss": tf.reduce_sum(losses["reconstruction"]),
+            "correct": tf.reduce_sum(tf.cast(predicted == labels, tf.float32)),
+            "non_finite": 1.0 - tf.cast(finite, tf.float32),
+        }
+
+    def _clip_global(self, gradients):
+        """Clips the gradient of the whole global batch to `trainer.max_grad_norm`. The replicas'
+        gradients are summed first (the exact global norm), then divided by the replica count
+        because the optimizer sums them over replicas once more."""
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync
+        if replicas > 1:
+            gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+        gradients, _ = tf.clip_by_global_norm(gradients, self.cfg.trainer.max_grad_norm)
+        return [g / replicas for g in gradients] if replicas > 1 else gradients
+
+    def _reduce(self, per_replica):
+        return {key: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+                for key, value in per_replica.items()}
+
+    def restore_if_any(self, must_exist=False):
+        """Continues from the latest checkpoint in this run folder (model, optimizer, progress and
+        the epoch history of metrics.json); `must_exist` makes a missing checkpoint an error."""
+        path = tf.train.latest_checkpoint(str(self.run_dir / "checkpoints" / "last"))
+        if path is None:
+            if must_exist:
+                raise CapsrunError(f"{self.run_dir} has no checkpoint in checkpoints/last; nothing to resume")
+            return None
+        self.checkpoints.restore(path)
+        metrics_file = self.run_dir / "metrics.json"
+        if metrics_file.is_file():
+            self.history = [record for record in json.loads(metrics_file.read_text()).get("history", [])
+                            if record["epoch"] <= int(self.progress.epoch)]
+        log.info("resumed from %s (epoch %d, step %d)", path, int(self.progress.epoch), int(self.optimizer.iterations))
+        return path
+
+    def fit(self):
+        write_hparams(self.writer, self.cfg, trial_id=self.run_dir.name)
+        if int(self.progress.epoch) >= self.cfg.epochs:
+            log.info("all %d epochs are already done; raise `epochs` to train longer", self.cfg.epochs)
+            return json.loads((self.run_dir / "metrics.json").read_text())
+        metrics = {"status": "running", "epochs_completed": int(self.progress.epoch)}
+        with StopRequested() as stop:
+            for epoch in range(int(self.progress.epoch), self.cfg.epochs):
+                dataset, progress_bar = self.train_loop_begin(epoch)
+                epoch_metrics = self.train_loop(dataset, progress_bar, stop)
+                if stop.signal_name:
+                    self._stop(metrics, stop.signal_name)
+                metrics = self.train_loop_end(epoch, epoch_metrics)
+        metrics["status"] = "completed"
+        write_json_atomic(self.run_dir / "metrics.json", metrics)
+        self.writer.flush()
+        return metrics
+
+    def train_loop_begin(self, epoch):
+        """The distributed dataset of one epoch, minus the batches a resumed run already did."""
+        skip = int(self.progress.step_in_epoch)
+        dataset = data_lib.train_dataset(
+            self.splits.train, self.batch_size, self.cfg.seed, epoch, self.cfg.data.shift_pixels, skip
+        )
+        show = self.cfg.trainer.progress_bar and sys.stdout.isatty()
+        progress_bar = keras.utils.Progbar(
+            self.steps_per_epoch, stateful_metrics=["loss", "accuracy", "img/s"], unit_name="step"
+        ) if show else None
+        if progress_bar and skip:
+            progress_bar.update(skip)
+        return self.strategy.experimental_distribute_dataset(dataset), progress_bar
+
+    def train_loop(self, dataset, progress_bar, stop):
+        """Runs the steps of one epoch; returns the epoch's training metrics."""
+        totals = {"loss": 0.0, "margin_loss": 0.0, "reconstruction_loss": 0.0, "correct": 0.0}
+        interval = dict.fromkeys(totals, 0.0)
+        seen = interval_seen = 0
+        epoch_start = interval_start = time.perf_counter()
+        for images, labels in dataset:
+            sums = {key: float(value) for key, value in self._train_step(images, labels).items()}
+            step = int(self.optimizer.iterations)
+            if sums.pop("non_finite") > 0:
+                self._diverged(step)
+            self.progress.step_in_epoch.assign_add(1)
+            for key in totals:
+                totals[key] += sums[key]
+                interval[key] += sums[key]
+            seen += self.batch_size
+            interval_seen += self.batch_size
+            if step % self.cfg.trainer.log_every_steps == 0:
+                elapsed = time.perf_counter() - interval_start
+                self._log_train(step, interval, interval_seen, interval_seen / elapsed)
+                interval = dict.fromkeys(totals, 0.0)
+                interval_seen, interval_start = 0, time.perf_counter()
+            if progress_bar:
+                progress_bar.update(int(self.progress.step_in_epoch), [
+                    ("loss", totals["loss"] / seen), ("accuracy", totals["correct"] / seen),
+                    ("img/s", seen / (time.perf_counter() - epoch_start))])
+            every = self.cfg.trainer.checkpoint_every_steps
+            if every and step % every == 0:
+                self.checkpoints.save_last(step)
+            if stop.signal_name:
+                break
+        seconds = time.perf_counter() - epoch_start
+        seen = max(seen, 1)
+        return {
+            "loss": totals["loss"] / seen,
+            "margin_loss": totals["margin_loss"] / seen,
+            "reconstruction_loss": totals["reconstruction_loss"] / seen,
+            "accuracy": totals["correct"] / seen,
+            "images_per_second": seen / seconds,
+            "seconds": seconds,
+        }
+
+    def _log_train(self, step, sums, count, images_per_second):
+        values = {key: sums[key] / count for key in ("loss", "margin_loss", "reconstruction_loss")}
+        values["accuracy"] = sums["correct"] / count
+        values["learning_rate"] = float(self.optimizer.learning_rate)
+        values["images_per_second"] = images_per_second
+        write_scalars(self.writer, "train", values, step)
+
+    def train_loop_end(self, epoch, train_metrics):
+        """Validation, summaries, checkpoints and metrics.json after an epoch."""
+        step = int(self.optimizer.iterations)
+        val = self.evaluator.run(self.splits.val) if len(self.splits.val) else None
+        self.progress.epoch.assign(epoch + 1)
+        self.progress.step_in_epoch.assign(0)
+        if val is not None:
+            write_scalars(self.writer, "val", {k: val[k] for k in ("loss", "accuracy", "margin_loss",
+                                                                    "reconstruction_loss")}, step)
+            self._write_reconstructions(step)
+        is_best = val is not None and val["accuracy"] > float(self.progress.best_val_accuracy)
+        if is_best:
+            self.progress.best_val_accuracy.assign(val["accuracy"])
+        self.checkpoints.save_last(step)
+        if is_best:
+            self.checkpoints.save_best(step)
+        self.writer.flush()
+        record = {"epoch": epoch + 1, "step": step, **{f"train_{k}": v for k, v in train_metrics.items()}}
+        if val is not None:
+            record.update({f"val_{k}": val[k] for k in ("loss", "accuracy", "reconstruction_error")})
+        self.history.append(record)
+        metrics = self._metrics("running", train_metrics, val)
+        write_json_atomic(self.run_dir / "metrics.json", metrics)
+        log.info(
+            "epoch %d/%d: loss %.4f, train accuracy %.4f, val accuracy %s, %.0f images/s, %.0f s",
+            epoch + 1, self.cfg.epochs, train_metrics["loss"], train_metrics["accuracy"],
+            "n/a" if val is None else f"{val['accuracy']:.4f}", train_metrics["images_per_second"],
+            train_metrics["seconds"],
+        )
+        return metrics
+
+    def _metrics(self, status, train_metrics, val):
+        best = float(self.progress.best_val_accuracy)
+        return {
+            "status": status,
+            "epochs_completed": int(self.progress.epoch),
+            "global_step": int(self.optimizer.iterations),
+            "train_loss": train_metrics["loss"],
+            "train_accuracy": train_metrics["accuracy"],
+            "val_loss": None if val is None else val["loss"],
+            "val_accuracy": None if val is None else val["accuracy"],
+            "best_val_accuracy": best if best >= 0 else None,
+            "images_per_second": train_metrics["images_per_second"],
+            "history": self.history,
+        }
+
+    def _write_reconstructions(self, step):
+        count = min(self.cfg.trainer.num_recon_images, len(self.splits.val))
+        images = to_unit_range(self.splits.val.images[:count])
+        reconstructions = self.model(images, training=False)["reconstructions"]
+        with self.writer.as_default(step=step):
+            tf.summary.image("val/reconstructions", image_grid([images.numpy(), reconstructions.numpy()]))
+
+    def _stop(self, metrics, signal_name):
+        step = int(self.optimizer.iterations)
+        path = self.checkpoints.save_last(step)
+        self.writer.flush()
+        write_json_atomic(self.run_dir / "metrics.json", {**metrics, "status": "interrupted", "global_step": step})
+        log.warning("%s received: checkpoint %s written at step %d; continue with: capsrun train resume=%s",
+                    signal_name, path, step, self.run_dir)
+        raise SystemExit(EXIT_INTERRUPTED)
+
+    def _diverged(self, step):
+        self.writer.flush()
+        write_json_atomic(self.run_dir / "metrics.json", {
+            "status": "diverged", "global_step": step, "epochs_completed": int(self.progress.epoch),
+            "history": self.history,
+        })
+        print(f"capsrun train: error: loss or gradients became non-finite at step {step}; the last good "
+              f"checkpoint is kept in {self.run_dir / 'checkpoints'}; lower optimizer.lr or set "
+              "trainer.max_grad_norm", file=sys.stderr)
+        raise SystemExit(EXIT_DIVERGED)
+
+
+def train(cfg, run_dir):
+    """Trains a CapsNet as configured by `cfg`, in `run_dir`; returns the final metrics dict."""
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    validate(cfg)
+    check_writable(run_dir)
+    setup_devices(cfg.trainer, cfg.seed)
+    strategy = make_strategy(cfg.trainer)
+    check_batch_size(cfg.batch_size, strategy)
+    splits = data_lib.load_splits(cfg.data, cfg.seed)
+    if len(splits.train) < cfg.batch_size:
+        raise CapsrunError(
+            f"only {len(splits.train)} training images for batch_size={cfg.batch_size}; "
+            "lower batch_size or raise data.train_size"
+        )
+    trainer = Trainer(cfg, run_dir, strategy, splits)
+    trainer.restore_if_any(must_exist=cfg.resume is not None)
+    log.info("training %s on %d images (%d validation) with %d replica(s), %d steps per epoch",
+             f"{trainer.model.count_params():,}-parameter CapsNet", len(splits.train), len(splits.val),
+             strategy.num_replicas_in_sync, trainer.steps_per_epoch)
+    metrics = trainer.fit()
+    log.info("done: best validation accuracy %s; run folder %s", metrics.get("best_val_accuracy"), run_dir)
+    return metrics
