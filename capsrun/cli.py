@@ -166,7 +166,18 @@ def _run_hydra(argv):
     return 0
 
 
-COMMANDS = {"train": train_command}
+COMMANDS = {
+    "train": ("capsrun.cli", "train_command"),
+}
+"""Subcommand -> (module, function taking the remaining arguments and returning an exit code).
+Modules are imported only when their command runs, so that `capsrun --help` stays instant."""
+
+
+def _command(name):
+    import importlib
+
+    module, function = COMMANDS[name]
+    return getattr(importlib.import_module(module), function)
 
 
 def main(argv=None):
@@ -182,7 +193,7 @@ def main(argv=None):
         return EXIT_USAGE
     _quiet_tensorflow()
     try:
-        return COMMANDS[command](rest)
+        return _command(command)(rest)
     except CapsrunError as error:
         print(f"capsrun {command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
