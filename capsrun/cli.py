@@ -89,7 +89,8 @@ def compose(config_name, overrides):
 
 
 def check_train_overrides(overrides):
-    """Composes and validates the config of every job a command line would run (sweeps included)."""
+    """Composes and validates the config of every job a command line would run (sweeps included);
+    returns the composed configs."""
     from capsrun.config import validate
 
     parsed = _parse_overrides(overrides)
@@ -105,8 +106,11 @@ def check_train_overrides(overrides):
             choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
         else:
             choices.append([override.input_line])
+    configs = []
     for combination in itertools.islice(itertools.product(*choices), MAX_CHECKED_SWEEP_JOBS):
-        validate(compose("config", combination))
+        configs.append(compose("config", combination))
+        validate(configs[-1])
+    return configs
 
 
 def _resume_overrides(overrides):
@@ -122,9 +126,11 @@ def _resume_overrides(overrides):
     run_dir = os.path.abspath(resume[-1].split("=", 1)[1])
     load_run_config(run_dir)
     saved = OmegaConf.load(os.path.join(run_dir, ".hydra", "overrides.yaml"))
-    previous = [o for o in saved if not o.startswith(("resume=", "hydra."))]
     rest = [o for o in overrides if not o.startswith("resume=")]
-    return previous + rest + [f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
+    merged = {}
+    for override in [o for o in saved if not o.startswith(("resume=", "hydra."))] + rest:
+        merged[override.split("=", 1)[0]] = override
+    return list(merged.values()) + [f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
 
 
 def train_command(args):
@@ -132,8 +138,28 @@ def train_command(args):
     overrides = _resume_overrides(overrides)
     informational = {"--help", "-h", "--cfg", "-c", "--info", "--hydra-help", "--shell-completion", "-sc"}
     if not informational.intersection(flags):
-        check_train_overrides(overrides)
+        configs = check_train_overrides(overrides)
+        if any(o.startswith("resume=") for o in overrides):
+            _check_resumable(configs[0])
     return _run_hydra(flags + overrides)
+
+
+def _check_resumable(cfg):
+    """A resumed run must keep the model it was trained with (its checkpoints would not fit)."""
+    from omegaconf import OmegaConf
+
+    from capsrun.runfiles import load_run_config
+
+    saved = load_run_config(cfg.resume)
+    for section in ("model", "data"):
+        keys = ("name", "path") if section == "data" else OmegaConf.to_container(saved.model).keys()
+        for key in keys:
+            if OmegaConf.select(saved, f"{section}.{key}") != OmegaConf.select(cfg, f"{section}.{key}"):
+                raise CapsrunError(
+                    f"cannot resume {cfg.resume} with a different {section}.{key} "
+                    f"({OmegaConf.select(saved, f'{section}.{key}')} -> {OmegaConf.select(cfg, f'{section}.{key}')}); "
+                    "start a new run instead"
+                )
 
 
 def _run_hydra(argv):

@@ -1,7 +1,11 @@
-"""TensorBoard output: scalar groups, image grids and the HParams record of a run."""
+"""TensorBoard output: scalar groups, image grids, the HParams record, and event clean-up on resume."""
+import os
+from pathlib import Path
+
 import numpy as np
 import tensorflow as tf
 from omegaconf import OmegaConf
+from tensorboard.compat.proto import event_pb2
 from tensorboard.plugins.hparams import api as hparams_api
 
 
@@ -43,3 +47,29 @@ def write_hparams(writer, cfg, trial_id):
     """Records the hyper-parameters so that TensorBoard's HParams dashboard lists the run."""
     with writer.as_default(step=0):
         hparams_api.hparams(hparams_of(cfg), trial_id=trial_id)
+
+
+def truncate_events(folder, last_step):
+    """Drops events with step > `last_step` from the event files in `folder`.
+
+    A run killed after its last checkpoint may have logged steps that the resumed run will log
+    again; removing them keeps every TensorBoard step exactly once. A record cut short by the
+    kill ends the file.
+    """
+    for path in sorted(Path(folder).glob("events.out.tfevents.*")):
+        kept, dropped = [], 0
+        try:
+            for record in tf.data.TFRecordDataset(str(path)):
+                event = event_pb2.Event.FromString(record.numpy())
+                if event.step > last_step:
+                    dropped += 1
+                else:
+                    kept.append(record.numpy())
+        except tf.errors.DataLossError:
+            dropped += 1
+        if dropped:
+            temporary = path.with_name(path.name + ".tmp")
+            with tf.io.TFRecordWriter(str(temporary)) as writer:
+                for record in kept:
+                    writer.write(record)
+            os.replace(temporary, path)

@@ -22,7 +22,7 @@ from capsrun.evaluation import Evaluator, to_unit_range
 from capsrun.losses import capsule_losses
 from capsrun.model import build_model
 from capsrun.runfiles import RunCheckpoints, TrainingProgress, check_writable, write_json_atomic
-from capsrun.summaries import image_grid, write_hparams, write_scalars
+from capsrun.summaries import image_grid, truncate_events, write_hparams, write_scalars
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,8 @@ class Trainer:
             lambda images, labels: self._reduce(strategy.run(replica_step, args=(images, labels))),
             reduce_retracing=True,
         )
-        self.writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
         self.history = []
+        self.resumed_from = None
 
     def _replica_step(self, images, labels):
         """One replica's share of a global batch: uint8 images [b, H, W, C], int32 labels [b].
@@ -141,21 +141,26 @@ class Trainer:
                 raise CapsrunError(f"{self.run_dir} has no checkpoint in checkpoints/last; nothing to resume")
             return None
         self.checkpoints.restore(path)
+        self.resumed_from = path
+        truncate_events(self.run_dir / "tensorboard", int(self.optimizer.iterations.numpy()))
         metrics_file = self.run_dir / "metrics.json"
         if metrics_file.is_file():
             self.history = [record for record in json.loads(metrics_file.read_text()).get("history", [])
-                            if record["epoch"] <= int(self.progress.epoch)]
-        log.info("resumed from %s (epoch %d, step %d)", path, int(self.progress.epoch), int(self.optimizer.iterations))
+                            if record["epoch"] <= int(self.progress.epoch.numpy())]
+        log.info("resumed from %s (epoch %d, step %d)", path, int(self.progress.epoch.numpy()),
+                 int(self.optimizer.iterations.numpy()))
         return path
 
     def fit(self):
-        write_hparams(self.writer, self.cfg, trial_id=self.run_dir.name)
-        if int(self.progress.epoch) >= self.cfg.epochs:
+        self.writer = tf.summary.create_file_writer(str(self.run_dir / "tensorboard"))
+        if self.resumed_from is None:
+            write_hparams(self.writer, self.cfg, trial_id=self.run_dir.name)
+        if int(self.progress.epoch.numpy()) >= self.cfg.epochs:
             log.info("all %d epochs are already done; raise `epochs` to train longer", self.cfg.epochs)
             return json.loads((self.run_dir / "metrics.json").read_text())
-        metrics = {"status": "running", "epochs_completed": int(self.progress.epoch)}
+        metrics = {"status": "running", "epochs_completed": int(self.progress.epoch.numpy())}
         with StopRequested() as stop:
-            for epoch in range(int(self.progress.epoch), self.cfg.epochs):
+            for epoch in range(int(self.progress.epoch.numpy()), self.cfg.epochs):
                 dataset, progress_bar = self.train_loop_begin(epoch)
                 epoch_metrics = self.train_loop(dataset, progress_bar, stop)
                 if stop.signal_name:
@@ -168,7 +173,7 @@ class Trainer:
 
     def train_loop_begin(self, epoch):
         """The distributed dataset of one epoch, minus the batches a resumed run already did."""
-        skip = int(self.progress.step_in_epoch)
+        skip = int(self.progress.step_in_epoch.numpy())
         dataset = data_lib.train_dataset(
             self.splits.train, self.batch_size, self.cfg.seed, epoch, self.cfg.data.shift_pixels, skip
         )
@@ -188,7 +193,7 @@ class Trainer:
         epoch_start = interval_start = time.perf_counter()
         for images, labels in dataset:
             sums = {key: float(value) for key, value in self._train_step(images, labels).items()}
-            step = int(self.optimizer.iterations)
+            step = int(self.optimizer.iterations.numpy())
             if sums.pop("non_finite") > 0:
                 self._diverged(step)
             self.progress.step_in_epoch.assign_add(1)
@@ -203,7 +208,7 @@ class Trainer:
                 interval = dict.fromkeys(totals, 0.0)
                 interval_seen, interval_start = 0, time.perf_counter()
             if progress_bar:
-                progress_bar.update(int(self.progress.step_in_epoch), [
+                progress_bar.update(int(self.progress.step_in_epoch.numpy()), [
                     ("loss", totals["loss"] / seen), ("accuracy", totals["correct"] / seen),
                     ("img/s", seen / (time.perf_counter() - epoch_start))])
             every = self.cfg.trainer.checkpoint_every_steps
@@ -225,13 +230,13 @@ class Trainer:
     def _log_train(self, step, sums, count, images_per_second):
         values = {key: sums[key] / count for key in ("loss", "margin_loss", "reconstruction_loss")}
         values["accuracy"] = sums["correct"] / count
-        values["learning_rate"] = float(self.optimizer.learning_rate)
+        values["learning_rate"] = float(tf.convert_to_tensor(self.optimizer.learning_rate).numpy())
         values["images_per_second"] = images_per_second
         write_scalars(self.writer, "train", values, step)
 
     def train_loop_end(self, epoch, train_metrics):
         """Validation, summaries, checkpoints and metrics.json after an epoch."""
-        step = int(self.optimizer.iterations)
+        step = int(self.optimizer.iterations.numpy())
         val = self.evaluator.run(self.splits.val) if len(self.splits.val) else None
         self.progress.epoch.assign(epoch + 1)
         self.progress.step_in_epoch.assign(0)
@@ -239,7 +244,7 @@ class Trainer:
             write_scalars(self.writer, "val", {k: val[k] for k in ("loss", "accuracy", "margin_loss",
                                                                     "reconstruction_loss")}, step)
             self._write_reconstructions(step)
-        is_best = val is not None and val["accuracy"] > float(self.progress.best_val_accuracy)
+        is_best = val is not None and val["accuracy"] > float(self.progress.best_val_accuracy.numpy())
         if is_best:
             self.progress.best_val_accuracy.assign(val["accuracy"])
         self.checkpoints.save_last(step)
@@ -261,11 +266,11 @@ class Trainer:
         return metrics
 
     def _metrics(self, status, train_metrics, val):
-        best = float(self.progress.best_val_accuracy)
+        best = float(self.progress.best_val_accuracy.numpy())
         return {
             "status": status,
-            "epochs_completed": int(self.progress.epoch),
-            "global_step": int(self.optimizer.iterations),
+            "epochs_completed": int(self.progress.epoch.numpy()),
+            "global_step": int(self.optimizer.iterations.numpy()),
             "train_loss": train_metrics["loss"],
             "train_accuracy": train_metrics["accuracy"],
             "val_loss": None if val is None else val["loss"],
@@ -283,7 +288,7 @@ class Trainer:
             tf.summary.image("val/reconstructions", image_grid([images.numpy(), reconstructions.numpy()]))
 
     def _stop(self, metrics, signal_name):
-        step = int(self.optimizer.iterations)
+        step = int(self.optimizer.iterations.numpy())
         path = self.checkpoints.save_last(step)
         self.writer.flush()
         write_json_atomic(self.run_dir / "metrics.json", {**metrics, "status": "interrupted", "global_step": step})
@@ -294,7 +299,7 @@ class Trainer:
     def _diverged(self, step):
         self.writer.flush()
         write_json_atomic(self.run_dir / "metrics.json", {
-            "status": "diverged", "global_step": step, "epochs_completed": int(self.progress.epoch),
+            "status": "diverged", "global_step": step, "epochs_completed": int(self.progress.epoch.numpy()),
             "history": self.history,
         })
         print(f"capsrun train: error: loss or gradients became non-finite at step {step}; the last good "
@@ -305,7 +310,8 @@ class Trainer:
 
 def train(cfg, run_dir):
     """Trains a CapsNet as configured by `cfg`, in `run_dir`; returns the final metrics dict."""
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    for noisy in ("absl", "tensorflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     validate(cfg)
     check_writable(run_dir)
     setup_devices(cfg.trainer, cfg.seed)
