@@ -13,6 +13,10 @@ USAGE = """usage: capsrun <command> [key=value ...]
 
 commands:
   train   train a CapsNet (Hydra overrides, -m for sweeps, resume=RUN_DIR to continue a run)
+  eval    test accuracy, confusion matrix and misclassified digits of runs (run_dir=PATH, several = ensemble)
+  visualize  reconstructions, capsule-dimension perturbations (Figure 4) and capsule lengths (run_dir=PATH)
+  predict classify PNG/JPEG/.npy digits with a trained run (run_dir=PATH images=[a.png,b.png])
+  export  write a run's model as a TensorFlow SavedModel (run_dir=PATH)
 
 examples:
   capsrun train epochs=50
@@ -138,10 +142,24 @@ def train_command(args):
     overrides = _resume_overrides(overrides)
     informational = {"--help", "-h", "--cfg", "-c", "--info", "--hydra-help", "--shell-completion", "-sc"}
     if not informational.intersection(flags):
+        _check_output_location(overrides)
         configs = check_train_overrides(overrides)
         if any(o.startswith("resume=") for o in overrides):
             _check_resumable(configs[0])
     return _run_hydra(flags + overrides)
+
+
+def _check_output_location(overrides):
+    """The run folder (hydra.run.dir, or outputs/ under the working directory) must be creatable:
+    its nearest existing ancestor has to be a writable folder."""
+    run_dirs = [o.split("=", 1)[1] for o in overrides if o.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+    for run_dir in run_dirs or ["outputs"]:
+        path = os.path.abspath(run_dir)
+        while not os.path.exists(path):
+            path = os.path.dirname(path)
+        if not os.path.isdir(path) or not os.access(path, os.W_OK):
+            raise CapsrunError(f"cannot create run folder {run_dir}: {path} is not a writable folder; "
+                               "set hydra.run.dir to a writable location")
 
 
 def _check_resumable(cfg):
@@ -194,6 +212,10 @@ def _run_hydra(argv):
 
 COMMANDS = {
     "train": ("capsrun.cli", "train_command"),
+    "eval": ("capsrun.eval_run", "eval_command"),
+    "visualize": ("capsrun.visualize", "visualize_command"),
+    "predict": ("capsrun.predict", "predict_command"),
+    "export": ("capsrun.export", "export_command"),
 }
 """Subcommand -> (module, function taking the remaining arguments and returning an exit code).
 Modules are imported only when their command runs, so that `capsrun --help` stays instant."""

@@ -90,11 +90,11 @@ def restore_checkpoint(checkpoint, path, partial=False):
         if partial:
             status.expect_partial()
         status.assert_existing_objects_matched()
-    except (ValueError, AssertionError, tf.errors.OpError) as error:
-        detail = str(error).strip().splitlines()[0][:200]
+    except (ValueError, AssertionError, IndexError, KeyError, tf.errors.OpError) as error:
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise CapsrunError(
             f"checkpoint {path} cannot be restored into this model/config ({detail}); "
-            "check that the run's model settings are unchanged"
+            "check that the model settings are unchanged, or delete the damaged checkpoint files"
         ) from None
 
 

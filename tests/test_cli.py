@@ -37,7 +37,7 @@ def test_train_one_epoch_leaves_checkpoints_metrics_and_tensorboard(tmp_path):
     assert [event.step for event in events.Tensors("train/loss")] == [2, 4, 6, 8]
     assert [event.step for event in events.Tensors("val/accuracy")] == [8]
     image = events.Tensors("val/reconstructions")[0].tensor_proto
-    assert image.string_val[0] == b"448" and image.string_val[1] == b"56"  # 8 digits wide, 2 rows high
+    assert image.string_val[:2] == [b"224", b"56"]  # 8 digits of 28 px wide, 2 rows (original, reconstruction)
     assert "_hparams_/session_start_info" in tags
 
 
@@ -82,3 +82,68 @@ def test_batch_size_must_divide_by_replicas(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "batch_size=31 does not divide by the 2 replicas" in last_stderr_line(result)
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    result = run_cli("train", "experiment=smoke", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run_dir
+
+
+def _corrupt_mnist_copy(folder):
+    import gzip
+    import shutil
+
+    from capsrun.data import BUNDLED_MNIST
+
+    shutil.copytree(BUNDLED_MNIST, folder)
+    images = folder / "train-images-idx3-ubyte.gz"
+    raw = bytearray(gzip.decompress(images.read_bytes()))
+    raw[5000] ^= 0xFF
+    images.write_bytes(gzip.compress(bytes(raw)))
+
+
+def test_corrupt_data_file_is_named(tmp_path):
+    _corrupt_mnist_copy(tmp_path / "mnist")
+    run_dir = tmp_path / "run"
+    result = run_cli("train", "experiment=smoke", f"data.path={tmp_path / 'mnist'}", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "train-images-idx3-ubyte.gz is corrupt (SHA-256 mismatch)" in last_stderr_line(result)
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "checkpoints").exists()
+
+
+def test_unwritable_run_folder_fails_before_training(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    result = run_cli("train", "experiment=smoke", f"hydra.run.dir={blocker / 'run'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "is not a writable folder" in last_stderr_line(result)
+
+
+def test_resume_of_a_folder_that_is_not_a_run(tmp_path):
+    result = run_cli("train", f"resume={tmp_path}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "is not a capsrun run folder" in last_stderr_line(result)
+
+
+def test_resume_with_a_changed_model_shape_is_refused(trained_run):
+    before = (trained_run / ".hydra" / "config.yaml").read_text()
+    result = run_cli("train", f"resume={trained_run}", "model.digit_dim=8")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "different model.digit_dim (16 -> 8)" in last_stderr_line(result)
+    assert (trained_run / ".hydra" / "config.yaml").read_text() == before
+
+
+def test_resume_from_a_truncated_checkpoint_is_one_line(trained_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "copy"
+    shutil.copytree(trained_run, run_dir)
+    data_file = next((run_dir / "checkpoints" / "last").glob("*.data-*"))
+    data_file.write_bytes(data_file.read_bytes()[:1000])
+    result = run_cli("train", f"resume={run_dir}", "epochs=2")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "cannot be restored" in last_stderr_line(result)
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs_completed"] == 1
