@@ -1,0 +1,40 @@
+"""Configs: every experiment composes and validates, every key is documented and commented."""
+import re
+
+import pytest
+from omegaconf import OmegaConf
+
+from capsrun.config import Config, flat_keys, suggest_key, validate
+from tests.conftest import REPO, compose_config
+
+EXPERIMENTS = sorted(path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_validates(experiment):
+    validate(compose_config(experiment=experiment))
+
+
+def test_every_schema_key_is_in_the_readme_table():
+    readme = (REPO / "README.md").read_text()
+    missing = [key for key in flat_keys(OmegaConf.structured(Config)) if f"| `{key}` |" not in readme]
+    assert not missing
+
+
+def test_every_yaml_key_has_a_comment():
+    uncommented = []
+    for path in (REPO / "conf").rglob("*.yaml"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            stripped = line.strip()
+            if not stripped or stripped.startswith("#") or stripped.startswith("- ") or path.parent.name in (
+                    "experiment", "hparams_search"):
+                continue
+            if re.match(r"^[\w.]+:", stripped) and "#" not in line and not stripped.endswith(":"):
+                uncommented.append(f"{path.relative_to(REPO)}:{number}")
+    assert not uncommented
+
+
+def test_unknown_keys_get_the_closest_suggestion():
+    keys = flat_keys(OmegaConf.structured(Config))
+    assert suggest_key("loss.recon_weigth", keys).endswith("did you mean 'loss.recon_weight'?")
+    assert "did you mean 'trainer.max_grad_norm'" in suggest_key("max_grad_norm", keys)
