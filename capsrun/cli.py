@@ -13,6 +13,7 @@ USAGE = """usage: capsrun <command> [key=value ...]
 
 commands:
   train   train a CapsNet (Hydra overrides, -m for sweeps, resume=RUN_DIR to continue a run)
+  launch  run `train` as N local workers of a multi-worker cluster (workers=N -- train ...)
   eval    test accuracy, confusion matrix and misclassified digits of runs (run_dir=PATH, several = ensemble)
   visualize  reconstructions, capsule-dimension perturbations (Figure 4) and capsule lengths (run_dir=PATH)
   predict classify PNG/JPEG/.npy digits with a trained run (run_dir=PATH images=[a.png,b.png])
@@ -134,7 +135,8 @@ def _resume_overrides(overrides):
     merged = {}
     for override in [o for o in saved if not o.startswith(("resume=", "hydra."))] + rest:
         merged[override.split("=", 1)[0]] = override
-    return list(merged.values()) + [f"resume={run_dir}", f"hydra.run.dir={run_dir}"]
+    keep_dir = any(o.startswith("hydra.run.dir=") for o in rest)
+    return list(merged.values()) + [f"resume={run_dir}"] + ([] if keep_dir else [f"hydra.run.dir={run_dir}"])
 
 
 def train_command(args):
@@ -212,6 +214,7 @@ def _run_hydra(argv):
 
 COMMANDS = {
     "train": ("capsrun.cli", "train_command"),
+    "launch": ("capsrun.launcher", "launch_command"),
     "eval": ("capsrun.eval_run", "eval_command"),
     "visualize": ("capsrun.visualize", "visualize_command"),
     "predict": ("capsrun.predict", "predict_command"),

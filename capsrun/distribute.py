@@ -47,11 +47,15 @@ def make_strategy(trainer_cfg):
     `trainer.cpu_devices` > 1), otherwise the default (single-device) strategy.
     mirrored: MirroredStrategy over `trainer.devices` (default: all GPUs, else all logical CPUs).
     one_device: the first GPU, else the CPU.
-    multi_worker: MultiWorkerMirroredStrategy with the cluster from TF_CONFIG.
+    multi_worker: MultiWorkerMirroredStrategy with the cluster from TF_CONFIG, or from SLURM's
+        environment when TF_CONFIG is absent.
     """
+    name = trainer_cfg.strategy
+    if name == "multi_worker":
+        # Collective ops must be configured before anything initialises TensorFlow's context.
+        return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=_cluster_resolver())
     gpus = tf.config.list_logical_devices("GPU")
     cpus = tf.config.list_logical_devices("CPU")
-    name = trainer_cfg.strategy
     if trainer_cfg.devices:
         known = {device.name for device in gpus + cpus}
         full = [_full_device_name(device) for device in trainer_cfg.devices]
@@ -60,10 +64,6 @@ def make_strategy(trainer_cfg):
             raise CapsrunError(
                 f"trainer.devices names unknown devices {unknown}; available: {sorted(known)}"
             )
-    if name == "multi_worker":
-        if "TF_CONFIG" not in os.environ:
-            raise CapsrunError("trainer.strategy=multi_worker needs TF_CONFIG describing the cluster")
-        return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "one_device":
         device = trainer_cfg.devices[0] if trainer_cfg.devices else (gpus or cpus)[0].name
         return tf.distribute.OneDeviceStrategy(device)
@@ -71,6 +71,30 @@ def make_strategy(trainer_cfg):
     if name == "mirrored" or (name == "auto" and len(devices) > 1):
         return tf.distribute.MirroredStrategy(devices)
     return tf.distribute.get_strategy()
+
+
+def _cluster_resolver():
+    """TensorFlow's own resolvers: TF_CONFIG first, then SLURM (srun) variables."""
+    if "TF_CONFIG" in os.environ:
+        return tf.distribute.cluster_resolver.TFConfigClusterResolver()
+    if "SLURM_PROCID" in os.environ and "SLURM_STEP_NUM_TASKS" in os.environ:
+        return tf.distribute.cluster_resolver.SlurmClusterResolver()
+    raise CapsrunError(
+        "trainer.strategy=multi_worker needs TF_CONFIG (or a SLURM job step started with srun); "
+        "use `capsrun launch workers=N -- train ...` on one machine"
+    )
+
+
+def is_chief(strategy):
+    """True for the process that writes the run's files: the only process of a single-worker
+    strategy, else the `chief` task, or worker 0 of a cluster without one."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
 def _full_device_name(device):

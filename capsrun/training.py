@@ -6,8 +6,10 @@ The strategy is the one whose scope created the model and optimizer.
 """
 import json
 import logging
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import tensorflow as tf
 
 from capsrun import data as data_lib
 from capsrun.config import validate
-from capsrun.distribute import check_batch_size, make_strategy, setup_devices, use_jit
+from capsrun.distribute import check_batch_size, is_chief, make_strategy, setup_devices, use_jit
 from capsrun.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, CapsrunError
 from capsrun.evaluation import Evaluator, to_unit_range
 from capsrun.losses import capsule_losses
@@ -28,10 +30,13 @@ log = logging.getLogger(__name__)
 
 
 class StopRequested:
-    """Turns SIGTERM/SIGINT into a flag checked after every step (the step always finishes)."""
+    """Turns SIGTERM/SIGINT into a flag. `signal_name` is set here when this process gets the
+    signal; the flag rides along with the next step's reduced metrics, and `agreed` is set when
+    any replica of any worker raised it, so that all workers stop after the same step."""
 
     def __init__(self):
         self.signal_name = None
+        self.agreed = False
 
     def __enter__(self):
         self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -77,14 +82,16 @@ class Trainer:
         )
         replica_step = tf.function(self._replica_step, jit_compile=jit, reduce_retracing=True)
         self._train_step = tf.function(
-            lambda images, labels: self._reduce(strategy.run(replica_step, args=(images, labels))),
+            lambda images, labels, stop: self._reduce(strategy.run(replica_step, args=(images, labels, stop))),
             reduce_retracing=True,
         )
         self.history = []
         self.resumed_from = None
 
-    def _replica_step(self, images, labels):
-        """One replica's share of a global batch: uint8 images [b, H, W, C], int32 labels [b].
+    def _replica_step(self, images, labels, stop):
+        """One replica's share of a global batch: uint8 images [b, H, W, C], int32 labels [b];
+        `stop` (float32 scalar) is 1 where this process received SIGTERM/SIGINT. The flags are
+        summed with the metrics, so that every worker of a cluster stops after the same step.
 
         Losses are summed over the replica's examples and divided by the GLOBAL batch size, so
         that the gradients the optimizer sums over replicas equal those of the whole batch on one
@@ -115,6 +122,7 @@ class Trainer:
             "reconstruction_loss": tf.reduce_sum(losses["reconstruction"]),
             "correct": tf.reduce_sum(tf.cast(predicted == labels, tf.float32)),
             "non_finite": 1.0 - tf.cast(finite, tf.float32),
+            "stop": tf.identity(stop),
         }
 
     def _clip_global(self, gradients):
@@ -132,18 +140,20 @@ class Trainer:
         return {key: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
                 for key, value in per_replica.items()}
 
-    def restore_if_any(self, must_exist=False):
-        """Continues from the latest checkpoint in this run folder (model, optimizer, progress and
-        the epoch history of metrics.json); `must_exist` makes a missing checkpoint an error."""
-        path = tf.train.latest_checkpoint(str(self.run_dir / "checkpoints" / "last"))
+    def restore_if_any(self, source_dir, must_exist=False):
+        """Continues from the latest checkpoint of the run folder `source_dir` (model, optimizer,
+        progress and the epoch history of metrics.json); `must_exist` makes a missing checkpoint
+        an error. Every worker of a cluster restores the chief's checkpoint."""
+        source_dir = Path(source_dir)
+        path = tf.train.latest_checkpoint(str(source_dir / "checkpoints" / "last"))
         if path is None:
             if must_exist:
-                raise CapsrunError(f"{self.run_dir} has no checkpoint in checkpoints/last; nothing to resume")
+                raise CapsrunError(f"{source_dir} has no checkpoint in checkpoints/last; nothing to resume")
             return None
         self.checkpoints.restore(path)
         self.resumed_from = path
         truncate_events(self.run_dir / "tensorboard", int(self.optimizer.iterations.numpy()))
-        metrics_file = self.run_dir / "metrics.json"
+        metrics_file = source_dir / "metrics.json"
         if metrics_file.is_file():
             self.history = [record for record in json.loads(metrics_file.read_text()).get("history", [])
                             if record["epoch"] <= int(self.progress.epoch.numpy())]
@@ -163,8 +173,8 @@ class Trainer:
             for epoch in range(int(self.progress.epoch.numpy()), self.cfg.epochs):
                 dataset, progress_bar = self.train_loop_begin(epoch)
                 epoch_metrics = self.train_loop(dataset, progress_bar, stop)
-                if stop.signal_name:
-                    self._stop(metrics, stop.signal_name)
+                if stop.agreed:
+                    self._stop(metrics, stop.signal_name or "a stop request from another worker")
                 metrics = self.train_loop_end(epoch, epoch_metrics)
         metrics["status"] = "completed"
         write_json_atomic(self.run_dir / "metrics.json", metrics)
@@ -192,10 +202,12 @@ class Trainer:
         seen = interval_seen = 0
         epoch_start = interval_start = time.perf_counter()
         for images, labels in dataset:
-            sums = {key: float(value) for key, value in self._train_step(images, labels).items()}
+            stop_flag = tf.constant(1.0 if stop.signal_name else 0.0)
+            sums = {key: float(value) for key, value in self._train_step(images, labels, stop_flag).items()}
             step = int(self.optimizer.iterations.numpy())
             if sums.pop("non_finite") > 0:
                 self._diverged(step)
+            stop.agreed = sums.pop("stop") > 0
             self.progress.step_in_epoch.assign_add(1)
             for key in totals:
                 totals[key] += sums[key]
@@ -214,7 +226,7 @@ class Trainer:
             every = self.cfg.trainer.checkpoint_every_steps
             if every and step % every == 0:
                 self.checkpoints.save_last(step)
-            if stop.signal_name:
+            if stop.agreed:
                 break
         seconds = time.perf_counter() - epoch_start
         seen = max(seen, 1)
@@ -309,7 +321,11 @@ class Trainer:
 
 
 def train(cfg, run_dir):
-    """Trains a CapsNet as configured by `cfg`, in `run_dir`; returns the final metrics dict."""
+    """Trains a CapsNet as configured by `cfg`, in `run_dir`; returns the final metrics dict.
+
+    In a multi-worker cluster only the chief writes into `run_dir`; the other workers write their
+    (collectively required) checkpoints and summaries to a temporary folder removed at the end.
+    """
     for noisy in ("absl", "tensorflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     validate(cfg)
@@ -323,11 +339,17 @@ def train(cfg, run_dir):
             f"only {len(splits.train)} training images for batch_size={cfg.batch_size}; "
             "lower batch_size or raise data.train_size"
         )
-    trainer = Trainer(cfg, run_dir, strategy, splits)
-    trainer.restore_if_any(must_exist=cfg.resume is not None)
-    log.info("training %s on %d images (%d validation) with %d replica(s), %d steps per epoch",
-             f"{trainer.model.count_params():,}-parameter CapsNet", len(splits.train), len(splits.val),
-             strategy.num_replicas_in_sync, trainer.steps_per_epoch)
-    metrics = trainer.fit()
+    chief = is_chief(strategy)
+    output_dir = run_dir if chief else tempfile.mkdtemp(prefix="capsrun-worker-")
+    try:
+        trainer = Trainer(cfg, output_dir, strategy, splits)
+        trainer.restore_if_any(run_dir, must_exist=cfg.resume is not None)
+        log.info("training %s on %d images (%d validation) with %d replica(s), %d steps per epoch",
+                 f"{trainer.model.count_params():,}-parameter CapsNet", len(splits.train), len(splits.val),
+                 strategy.num_replicas_in_sync, trainer.steps_per_epoch)
+        metrics = trainer.fit()
+    finally:
+        if not chief:
+            shutil.rmtree(output_dir, ignore_errors=True)
     log.info("done: best validation accuracy %s; run folder %s", metrics.get("best_val_accuracy"), run_dir)
     return metrics
