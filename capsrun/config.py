@@ -18,6 +18,19 @@ JIT_CHOICES = ("auto", "true", "false")
 PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
 
 
+DATA_NAMES = ("mnist", "fashion_mnist", "cifar10", "folder", "npz", "affnist", "multimnist")
+
+
+@dataclass
+class AffineConfig:
+    seed: int = 0
+    rotation_degrees: float = 20.0
+    shear: float = 0.2
+    scale_min: float = 0.8
+    scale_max: float = 1.2
+    translation: float = 6.0
+
+
 @dataclass
 class DataConfig:
     name: str = "mnist"
@@ -26,6 +39,11 @@ class DataConfig:
     train_size: Optional[int] = None
     test_size: Optional[int] = None
     shift_pixels: int = 2
+    image_size: Optional[List[int]] = None
+    channels: Optional[int] = None
+    test_fraction: float = 0.1
+    canvas_size: Optional[int] = None
+    affine: AffineConfig = field(default_factory=AffineConfig)
 
 
 @dataclass
@@ -144,6 +162,18 @@ def validate(cfg):
         value = data[key]
         _check(value is None or value >= 1, f"data.{key} must be null or >= 1, got {value}")
     _check(0 <= data.shift_pixels <= 8, f"data.shift_pixels must be in [0, 8], got {data.shift_pixels}")
+    _check(data.name in DATA_NAMES, f"data.name must be one of {', '.join(DATA_NAMES)}; got '{data.name}'")
+    _check(
+        data.image_size is None or (len(data.image_size) == 2 and min(data.image_size) >= 8),
+        f"data.image_size must be null or [height, width] of at least 8 pixels, got {data.image_size}",
+    )
+    _check(data.channels in (None, 1, 3), f"data.channels must be null, 1 or 3, got {data.channels}")
+    _check(0 < data.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {data.test_fraction}")
+    _check(data.canvas_size is None or data.canvas_size >= 8, f"data.canvas_size must be null or >= 8")
+    affine = data.affine
+    _check(0 <= affine.rotation_degrees <= 180, "data.affine.rotation_degrees must be in [0, 180]")
+    _check(affine.shear >= 0 and affine.translation >= 0, "data.affine.shear and translation must be >= 0")
+    _check(0 < affine.scale_min <= affine.scale_max, "data.affine needs 0 < scale_min <= scale_max")
     _check(model.name == "capsnet", f"model.name must be 'capsnet', got '{model.name}'")
     _check(
         model.routing_iterations >= 1,

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from capsrun.data import BUNDLED_MNIST, eval_dataset, load_splits, random_shift, read_idx, train_dataset
+from capsrun.data import eval_dataset, load_splits, random_shift, train_dataset
+from capsrun.datasets import BUNDLED_MNIST, read_idx
 from capsrun.errors import CapsrunError
 from tests.conftest import compose_config
 
