@@ -67,3 +67,51 @@ def affine_transform(images, params):
             fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
         out.append(np.clip(np.rint(warped.numpy()), 0, 255).astype(np.uint8))
     return np.concatenate(out) if out else images.copy()
+
+
+def shift_on_canvas(images, size, offsets):
+    """Places uint8 images [N, H, W, C] on size x size canvases, image n with its top-left corner
+    at the centre position plus offsets[n] = (dy, dx). Returns [N, size, size, C]."""
+    canvas = pad_to_canvas(images, size)
+    rows = (np.arange(size)[None, :] - offsets[:, :1]) % size
+    cols = (np.arange(size)[None, :] - offsets[:, 1:]) % size
+    canvas = np.take_along_axis(canvas, rows[:, :, None, None], axis=1)
+    return np.take_along_axis(canvas, cols[:, None, :, None], axis=2)
+
+
+def multimnist(images, labels, pairs_per_digit, seed, size=36, max_shift=4):
+    """MultiMNIST (paper section 6): every digit overlaid with `pairs_per_digit` digits of other
+    classes from the same set, each digit shifted by up to `max_shift` pixels on a size x size
+    canvas (pixel-wise maximum where they overlap).
+
+    images uint8 [N, 28, 28, 1], labels int [N]. Returns (images uint8 [M, size, size, 1],
+    labels int32 [M, 2], components uint8 [M, 2, size, size, 1]) with M = N * pairs_per_digit;
+    components are the two digits alone, the targets of their separate reconstructions.
+    """
+    rng = np.random.default_rng(seed)
+    first = np.repeat(np.arange(len(images)), pairs_per_digit)
+    second = rng.integers(0, len(images), len(first))
+    clash = labels[first] == labels[second]
+    while clash.any():
+        second[clash] = rng.integers(0, len(images), int(clash.sum()))
+        clash = labels[first] == labels[second]
+    offsets = rng.integers(-max_shift, max_shift + 1, (2, len(first), 2))
+    components = np.stack([shift_on_canvas(images[first], size, offsets[0]),
+                           shift_on_canvas(images[second], size, offsets[1])], axis=1)
+    pairs = np.stack([labels[first], labels[second]], axis=1).astype(np.int32)
+    return components.max(axis=1), pairs, components
+
+
+def bounding_box_overlap(components):
+    """Per example, the area shared by the two digits' bounding boxes over the smaller box's area.
+    components uint8 [M, 2, H, W, C] -> float64 [M] in [0, 1]."""
+    overlaps = []
+    for pair in components:
+        boxes = []
+        for digit in pair:
+            rows, cols = np.nonzero(digit[..., 0])
+            boxes.append((rows.min(), rows.max() + 1, cols.min(), cols.max() + 1))
+        (t0, b0, l0, r0), (t1, b1, l1, r1) = boxes
+        shared = max(0, min(b0, b1) - max(t0, t1)) * max(0, min(r0, r1) - max(l0, l1))
+        overlaps.append(shared / min((b0 - t0) * (r0 - l0), (b1 - t1) * (r1 - l1)))
+    return np.asarray(overlaps)

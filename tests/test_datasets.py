@@ -107,3 +107,22 @@ def test_affine_transform_moves_rotates_and_scales_as_specified():
     assert cols.max() - cols.min() > rows.max() - rows.min()
     doubled = dict(identity, scale=[2.0], translate_x=[0.0], translate_y=[0.0])
     assert (affine_transform(canvas, doubled) > 128).sum() > 3 * (canvas > 128).sum()
+
+
+def test_multimnist_is_deterministic_with_two_classes_and_heavy_overlap():
+    from capsrun.datasets import BUNDLED_MNIST, read_idx
+    from capsrun.synthetic import bounding_box_overlap, multimnist
+
+    digits = read_idx(BUNDLED_MNIST / "t10k-images-idx3-ubyte.gz")[:400, :, :, None]
+    labels = read_idx(BUNDLED_MNIST / "t10k-labels-idx1-ubyte.gz")[:400].astype(np.int32)
+    images, pairs, components = multimnist(digits, labels, pairs_per_digit=2, seed=3)
+    again = multimnist(digits, labels, pairs_per_digit=2, seed=3)
+    assert images.shape == (800, 36, 36, 1) and pairs.shape == (800, 2) and components.shape == (800, 2, 36, 36, 1)
+    np.testing.assert_array_equal(images, again[0])
+    assert np.all(pairs[:, 0] != pairs[:, 1])
+    np.testing.assert_array_equal(images, components.max(axis=1))
+    for k in range(2):
+        assert np.all(components[:, k].reshape(800, -1).sum(axis=1) > 0)
+    np.testing.assert_array_equal(components[::2, 0].sum(axis=(1, 2, 3)), digits.sum(axis=(1, 2, 3)))
+    overlap = bounding_box_overlap(components)
+    assert 0.65 <= overlap.mean() <= 0.9 and (overlap > 0).mean() > 0.95
