@@ -18,6 +18,7 @@ class BaselineCNN(keras.Model):
         super().__init__(**kwargs)
         self.image_shape = tuple(int(s) for s in image_shape)
         self.num_classes = int(num_classes)
+        self.num_targets = 1
         self.convs = [keras.layers.Conv2D(filters, kernel_size, padding="same", activation="relu", name=f"conv{i + 1}")
                       for i, filters in enumerate(channels)]
         self.flatten = keras.layers.Flatten()
@@ -39,7 +40,12 @@ class BaselineCNN(keras.Model):
         logits = tf.cast(self.classifier(self.dropout(features, training=training)), tf.float32)
         return {"logits": logits, "lengths": tf.nn.softmax(logits)}
 
-    def compute_losses(self, loss_cfg, outputs, labels, images):
+    @staticmethod
+    def predict_labels(scores):
+        """The predicted class int32 [B] from class scores [B, J]."""
+        return tf.argmax(scores, axis=-1, output_type=tf.int32)
+
+    def compute_losses(self, loss_cfg, outputs, labels, images, components=None):
         """Per-example float32 [B] losses: `cross_entropy` and `total` (the same)."""
         cross_entropy = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=outputs["logits"])
         return {"cross_entropy": cross_entropy, "total": cross_entropy}

@@ -8,6 +8,7 @@ import keras
 import tensorflow as tf
 
 from capsrun.layers import DigitCaps, PrimaryCaps, safe_norm
+from capsrun.losses import capsule_losses
 
 
 class Decoder(keras.layers.Layer):
@@ -44,7 +45,10 @@ class CapsNet(keras.Model):
       call(images, labels=None)     -> dict(capsules, lengths, reconstructions); the decoder is
                                        masked by `labels` when given (training), else by the
                                        predicted class (evaluation).
-    Images are float [B, H, W, C] in [0, 1]; labels int [B]. No batch size is baked in.
+      compute_losses(...)           -> per-example margin, reconstruction and total losses
+    Images are float [B, H, W, C] in [0, 1]; labels int [B], or int [B, K] for images holding K
+    digits (MultiMNIST, num_targets=K), whose reconstructions are then [B, K, H, W, C], one per
+    digit. No batch size is baked in.
     """
 
     def __init__(
@@ -60,11 +64,13 @@ class CapsNet(keras.Model):
         digit_dim=16,
         routing_iterations=3,
         decoder_units=(512, 1024),
+        num_targets=1,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.image_shape = tuple(int(s) for s in image_shape)
         self.num_classes = int(num_classes)
+        self.num_targets = int(num_targets)
         self.conv1 = keras.layers.Conv2D(
             conv1_filters, conv1_kernel, activation="relu", padding="valid", name="conv1"
         )
@@ -90,16 +96,34 @@ class CapsNet(keras.Model):
         """Capsule lengths [B, J] float32: the network's confidence in each class."""
         return safe_norm(capsules, axis=-1)
 
+    def predict_labels(self, lengths):
+        """The predicted class int32 [B], or for num_targets K > 1 the K classes with the longest
+        capsules, in increasing class order, int32 [B, K]."""
+        if self.num_targets == 1:
+            return tf.argmax(lengths, axis=-1, output_type=tf.int32)
+        return tf.sort(tf.math.top_k(lengths, k=self.num_targets).indices, axis=-1)
+
     def reconstruct(self, capsules, labels):
-        """Images [B, H, W, C] regenerated from the capsules of `labels` (int [B]) only."""
+        """Images regenerated from the capsules of `labels` only: labels int [B] -> [B, H, W, C];
+        labels int [B, K] -> [B, K, H, W, C], each image from one capsule alone."""
+        if labels.shape.rank == 2:
+            return tf.stack([self.reconstruct(capsules, labels[:, k]) for k in range(labels.shape[1])], axis=1)
         mask = tf.one_hot(labels, self.num_classes, dtype=capsules.dtype)
         return self.decoder(capsules * mask[:, :, None])
+
+    def compute_losses(self, loss_cfg, outputs, labels, images, components=None):
+        """Per-example float32 [B] `margin`, `reconstruction` and `total` losses. The
+        reconstructions are compared with `components` [B, K, H, W, C] (each digit alone) when
+        given, else with the images."""
+        targets = images if components is None else tf.cast(components, tf.float32) / 255.0
+        return capsule_losses(loss_cfg, outputs["lengths"], labels, targets, outputs["reconstructions"],
+                              self.num_classes)
 
     def call(self, images, labels=None, training=False):
         capsules = self.capsules(images, training=training)
         lengths = self.lengths(capsules)
         if labels is None:
-            labels = tf.argmax(lengths, axis=-1, output_type=tf.int32)
+            labels = self.predict_labels(lengths)
         return {
             "capsules": capsules,
             "lengths": lengths,
@@ -107,8 +131,13 @@ class CapsNet(keras.Model):
         }
 
 
-def build_model(model_cfg, image_shape, num_classes):
-    """A built CapsNet for `model_cfg` (the `model` config group), inputs and classes."""
+def build_model(model_cfg, image_shape, num_classes, num_targets=1):
+    """A built model for `model_cfg` (the `model` config group: a CapsNet, or the baseline CNN for
+    `model.name=baseline_cnn`), inputs [H, W, C], classes and digits per image."""
+    if model_cfg.name == "baseline_cnn":
+        from capsrun.baseline import build_baseline
+
+        return build_baseline(model_cfg, image_shape, num_classes)
     model = CapsNet(
         image_shape=image_shape,
         num_classes=num_classes,
@@ -121,6 +150,7 @@ def build_model(model_cfg, image_shape, num_classes):
         digit_dim=model_cfg.digit_dim,
         routing_iterations=model_cfg.routing_iterations,
         decoder_units=tuple(model_cfg.decoder_units),
+        num_targets=num_targets,
         name="capsnet",
     )
     model.build_for_inputs()
