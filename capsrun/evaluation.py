@@ -21,6 +21,9 @@ class Evaluator:
     run(split) returns a dict of Python numbers: loss, margin_loss, reconstruction_loss,
     reconstruction_error (mean squared error per pixel), accuracy, num_examples, and
     confusion_matrix (int [J, J] numpy, rows = true class, columns = predicted class).
+    run(split, keep_outputs=True) also returns, in the order of the split, `lengths` (float32
+    [N, J] numpy, the capsule lengths of every example) and `predictions` (int32 [N] numpy);
+    `capsrun eval` uses them for the misclassified digits and for ensembles.
     """
 
     def __init__(self, model, loss_cfg, strategy, batch_size, jit_compile=False):
@@ -33,8 +36,17 @@ class Evaluator:
             lambda images, labels: self._sum(strategy.run(replica_step, args=(images, labels))),
             reduce_retracing=True,
         )
+        replica_outputs = tf.function(self._replica_outputs, jit_compile=jit_compile, reduce_retracing=True)
+        self._outputs_step = tf.function(
+            lambda images, labels: self._sum_and_gather(strategy.run(replica_outputs, args=(images, labels))),
+            reduce_retracing=True,
+        )
 
     def _replica_step(self, images, labels):
+        return self._replica_outputs(images, labels)[0]
+
+    def _replica_outputs(self, images, labels):
+        """(sums over the replica's examples, capsule lengths float32 [b, J] of its examples)."""
         images = to_unit_range(images)
         outputs = self.model(images, training=False)
         losses = capsule_losses(
@@ -42,22 +54,34 @@ class Evaluator:
         )
         predicted = tf.argmax(outputs["lengths"], axis=-1, output_type=tf.int32)
         confusion = tf.math.confusion_matrix(labels, predicted, num_classes=self.model.num_classes, dtype=tf.float32)
-        return {
+        sums = {
             "loss": tf.reduce_sum(losses["total"]),
             "margin_loss": tf.reduce_sum(losses["margin"]),
             "reconstruction_loss": tf.reduce_sum(losses["reconstruction"]),
             "confusion_matrix": confusion,
         }
+        return sums, tf.cast(outputs["lengths"], tf.float32)
 
     def _sum(self, per_replica):
         return {key: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
                 for key, value in per_replica.items()}
 
-    def run(self, split):
+    def _sum_and_gather(self, per_replica):
+        """Sums as in `_sum`; the lengths of all replicas concatenated in the batch's order
+        (each replica holds a contiguous slice of the global batch)."""
+        sums, lengths = per_replica
+        return self._sum(sums), self.strategy.gather(lengths, axis=0)
+
+    def run(self, split, keep_outputs=False):
         totals = None
+        lengths = []
         dataset = self.strategy.experimental_distribute_dataset(eval_dataset(split, self.batch_size))
         for images, labels in dataset:
-            sums = self._step(images, labels)
+            if keep_outputs:
+                sums, batch_lengths = self._outputs_step(images, labels)
+                lengths.append(batch_lengths.numpy())
+            else:
+                sums = self._step(images, labels)
             totals = sums if totals is None else {key: totals[key] + sums[key] for key in totals}
         totals = {key: value.numpy() for key, value in totals.items()}
         confusion = np.rint(totals.pop("confusion_matrix")).astype(np.int64)
@@ -68,4 +92,7 @@ class Evaluator:
         metrics["accuracy"] = float(np.trace(confusion)) / count
         metrics["num_examples"] = count
         metrics["confusion_matrix"] = confusion
+        if keep_outputs:
+            metrics["lengths"] = np.concatenate(lengths, axis=0).astype(np.float32)
+            metrics["predictions"] = np.argmax(metrics["lengths"], axis=-1).astype(np.int32)
         return metrics

@@ -1,0 +1,113 @@
+"""`capsrun export run_dir=PATH`: the run's model as a TensorFlow SavedModel.
+
+The SavedModel needs neither capsrun nor Keras to serve:
+
+    model = tf.saved_model.load(path)
+    out = model.signatures["serving_default"](images=tf.zeros([1, 28, 28, 1]))
+    out["lengths"]          # float32 [B, J], capsule lengths (class confidences)
+    out["predicted_class"]  # int32 [B]
+
+`assets.extra/capsrun.json` inside the folder records the run, checkpoint and input format.
+"""
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from capsrun.errors import CapsrunError
+from capsrun.inspection import command_config, expand_run_dirs, restore_run, say
+
+
+@dataclass
+class ExportConfig:
+    """Schema of conf/export.yaml (the comments there explain every key)."""
+
+    run_dir: Any = MISSING
+    checkpoint: str = "best"
+    output: Optional[str] = None
+    overwrite: bool = False
+
+
+def serving_module(model, image_shape):
+    """A tf.Module whose `serve(images)` maps float32 [B, H, W, C] images in [0, 1] to
+    {"lengths": float32 [B, J], "predicted_class": int32 [B]}. The model's variables are listed
+    explicitly so that the SavedModel holds all of them."""
+    import tensorflow as tf
+
+    class CapsNetServing(tf.Module):
+        def __init__(self):
+            super().__init__(name="capsnet_serving")
+            self.model = model
+            self.weights = list(model.variables)
+
+        @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32, name="images")])
+        def serve(self, images):
+            lengths = tf.cast(model.lengths(model.capsules(images, training=False)), tf.float32)
+            return {"lengths": lengths, "predicted_class": tf.argmax(lengths, axis=-1, output_type=tf.int32)}
+
+    return CapsNetServing()
+
+
+def export_saved_model(restored, output, overwrite=False):
+    """Writes the SavedModel of a RestoredRun to `output` (a folder), atomically: it is built in
+    a temporary folder beside `output` and renamed into place."""
+    import tensorflow as tf
+
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise CapsrunError(f"{output} already exists; pass overwrite=true or output=ANOTHER_FOLDER")
+    if output.exists() and not (output / "saved_model.pb").is_file():
+        raise CapsrunError(f"{output} exists and is not a SavedModel; refusing to replace it, choose another output")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.tmp-"))
+    except OSError as error:
+        raise CapsrunError(f"cannot write to {output.parent} ({error.strerror}); choose another output") from None
+    try:
+        module = serving_module(restored.model, restored.splits.image_shape)
+        tf.saved_model.save(module, str(staging), signatures={"serving_default": module.serve})
+        (staging / "assets.extra").mkdir(exist_ok=True)
+        (staging / "assets.extra" / "capsrun.json").write_text(json.dumps({
+            "run_dir": str(restored.run_dir),
+            "checkpoint": restored.checkpoint,
+            "step": restored.step,
+            "signature": "serving_default",
+            "input": {"images": {"dtype": "float32", "shape": [None, *restored.splits.image_shape],
+                                 "range": [0.0, 1.0], "format": "white digit on black, MNIST-centred"}},
+            "outputs": {"lengths": "float32 [batch, classes]", "predicted_class": "int32 [batch]"},
+            "num_classes": restored.num_classes,
+        }, indent=2) + "\n")
+        if output.exists():
+            retired = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.old-"))
+            os.replace(output, retired / output.name)
+            os.replace(staging, output)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, output)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return output
+
+
+def export_command(args):
+    cfg = command_config("export", ExportConfig, args)
+    if cfg is None:
+        return 0
+    runs = expand_run_dirs(cfg.run_dir)
+    if len(runs) != 1:
+        raise CapsrunError(f"capsrun export takes one run, got {len(runs)}; pass run_dir=ONE_RUN_FOLDER")
+    output = Path(cfg.output).expanduser() if cfg.output else runs[0] / "saved_model"
+    if output.exists() and not cfg.overwrite:
+        raise CapsrunError(f"{output} already exists; pass overwrite=true or output=ANOTHER_FOLDER")
+    restored = restore_run(runs[0], cfg.checkpoint)
+    say(f"capsrun export: {runs[0]}: checkpoint {restored.checkpoint}")
+    path = export_saved_model(restored, output, cfg.overwrite)
+    print(f"wrote SavedModel {path} (signature serving_default: images float32 "
+          f"[batch, {', '.join(map(str, restored.splits.image_shape))}] in [0, 1] -> lengths, predicted_class)")
+    return 0

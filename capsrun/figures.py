@@ -1,0 +1,217 @@
+"""Matplotlib figures of `capsrun eval` and `capsrun visualize` (Agg backend, no display needed).
+
+Every figure has a fixed size in inches, so a PNG saved at `dpi` has a predictable size in
+pixels (documented per function; `png_size` reads it back). Images are float arrays in [0, 1]
+or uint8 arrays, shaped [N, H, W], [N, H, W, 1] (grayscale, white digit on black) or
+[N, H, W, 3] (colour).
+"""
+import io
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+GRID_COLUMNS = 10
+PANEL_COLUMNS = 5
+
+
+def _displayable(image):
+    """[H, W], [H, W, 1] or [H, W, 3] uint8/float -> float [H, W] or [H, W, 3] in [0, 1]."""
+    image = np.asarray(image)
+    image = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+    image = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+    return np.clip(image, 0.0, 1.0)
+
+
+def _imshow(axis, image, **kwargs):
+    image = _displayable(image)
+    axis.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0.0, vmax=1.0, interpolation="nearest",
+                **kwargs)
+
+
+def _show(axis, image):
+    _imshow(axis, image)
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+def to_png(figure, dpi):
+    """The figure as PNG bytes, exactly figsize * dpi pixels; the figure is closed."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi, facecolor="white")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def png_size(png):
+    """(width, height) in pixels of PNG bytes, read from the IHDR chunk."""
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+def confusion_matrix_figure(confusion, title):
+    """confusion: int [J, J], rows = true class, columns = predicted class.
+
+    Cells are coloured by the fraction of their true class and annotated with counts.
+    Size: 7.0 x 6.0 inches.
+    """
+    confusion = np.asarray(confusion)
+    classes = confusion.shape[0]
+    totals = confusion.sum(axis=1, keepdims=True)
+    fractions = np.divide(confusion, totals, out=np.zeros(confusion.shape, dtype=np.float64), where=totals > 0)
+    figure, axis = plt.subplots(figsize=(7.0, 6.0), layout="constrained")
+    shown = axis.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
+    for true in range(classes):
+        for predicted in range(classes):
+            count = int(confusion[true, predicted])
+            if count:
+                axis.text(predicted, true, str(count), ha="center", va="center", fontsize=8,
+                          color="white" if fractions[true, predicted] > 0.5 else "black")
+    axis.set_xticks(range(classes))
+    axis.set_yticks(range(classes))
+    axis.set_xlabel("predicted class")
+    axis.set_ylabel("true class")
+    axis.set_title(title, fontsize=10)
+    figure.colorbar(shown, ax=axis, label="fraction of the true class's test digits")
+    return figure
+
+
+def misclassified_figure(images, labels, predicted, confidences, indices, total_wrong, title):
+    """A grid of misclassified digits, 10 per row, each captioned "#index: true -> predicted".
+
+    images: [N, H, W(, 1)]; labels, predicted, indices: int [N]; confidences: float [N], the
+    length of the predicted capsule. Size: 11.0 x (0.8 + 1.3 * rows) inches, rows =
+    ceil(N / 10), at least 1 (a note when nothing is misclassified).
+    """
+    count = len(images)
+    rows = max(1, math.ceil(count / GRID_COLUMNS))
+    figure, axes = plt.subplots(rows, GRID_COLUMNS, figsize=(1.1 * GRID_COLUMNS, 0.8 + 1.3 * rows),
+                                squeeze=False)
+    figure.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=1.0 - 0.75 / (0.8 + 1.3 * rows),
+                           hspace=0.45, wspace=0.1)
+    for slot, axis in enumerate(axes.flat):
+        if slot >= count:
+            axis.axis("off")
+            continue
+        _show(axis, images[slot])
+        axis.set_title(f"#{indices[slot]}: {labels[slot]} \u2192 {predicted[slot]}\n({confidences[slot]:.2f})",
+                       fontsize=8, color="firebrick")
+    if count == 0:
+        axes[0, 0].text(0.0, 0.5, "no misclassified test digits", fontsize=12, transform=axes[0, 0].transAxes)
+    shown = f"all {count}" if count == total_wrong else f"the first {count} of {total_wrong}"
+    figure.suptitle(f"{title}\nMisclassified test digits ({shown}): #test index: true \u2192 predicted class "
+                    "(length of the predicted capsule)", fontsize=10)
+    return figure
+
+
+def reconstructions_figure(images, reconstructions, labels, predicted, indices):
+    """Pairs of rows: test digits above their reconstructions from the predicted capsule.
+
+    images, reconstructions: [N, H, W(, 1)]; labels, predicted, indices: int [N].
+    Size: 11.0 x (0.8 + 2.3 * groups) inches, groups = ceil(N / 10).
+    """
+    count = len(images)
+    groups = max(1, math.ceil(count / GRID_COLUMNS))
+    height = 0.8 + 2.3 * groups
+    figure, axes = plt.subplots(2 * groups, GRID_COLUMNS, figsize=(1.1 * GRID_COLUMNS, height), squeeze=False)
+    figure.subplots_adjust(left=0.08, right=0.99, bottom=0.02, top=1.0 - 0.7 / height, hspace=0.35, wspace=0.1)
+    for group in range(groups):
+        for column in range(GRID_COLUMNS):
+            slot = group * GRID_COLUMNS + column
+            top, bottom = axes[2 * group, column], axes[2 * group + 1, column]
+            if slot >= count:
+                top.axis("off")
+                bottom.axis("off")
+                continue
+            _show(top, images[slot])
+            _show(bottom, reconstructions[slot])
+            top.set_title(f"#{indices[slot]}: {labels[slot]}", fontsize=8)
+            wrong = predicted[slot] != labels[slot]
+            bottom.set_title(f"as {predicted[slot]}", fontsize=8, color="firebrick" if wrong else "black")
+        axes[2 * group, 0].set_ylabel("test digit", fontsize=8)
+        axes[2 * group + 1, 0].set_ylabel("reconstruction", fontsize=8)
+    figure.suptitle("Test digits (#index: true class) and the decoder's reconstruction from the predicted "
+                    "digit capsule (as: predicted class; red = wrong)", fontsize=10)
+    return figure
+
+
+def perturbations_figure(panels, deltas):
+    """The paper's Figure 4 for several digits, one panel per digit.
+
+    panels: list of dicts with `grid` [D, S, H, W(, C)] (row d: dimension d of the winning capsule
+    shifted by each of the S `deltas`), `index`, `label`, `predicted`. Panels sit 5 per row.
+    Size: (3.4 * columns) x (0.9 + rows * (1.0 + 2.7 * D * H / (S * W))) inches.
+    """
+    count = len(panels)
+    columns = min(count, PANEL_COLUMNS)
+    rows = math.ceil(count / PANEL_COLUMNS)
+    dims, steps, height, width = np.asarray(panels[0]["grid"]).shape[:4]
+    image_width = 2.7
+    image_height = image_width * dims * height / (steps * width)
+    cell_width, cell_height, header = 3.4, 1.0 + image_height, 0.9
+    figure = plt.figure(figsize=(cell_width * columns, header + rows * cell_height))
+    total_width, total_height = figure.get_size_inches()
+    for slot, panel in enumerate(panels):
+        row, column = divmod(slot, columns)
+        left = column * cell_width + 0.55
+        bottom = total_height - header - (row + 1) * cell_height + 0.6
+        axis = figure.add_axes((left / total_width, bottom / total_height,
+                                image_width / total_width, image_height / total_height))
+        grid = np.asarray(panel["grid"], dtype=np.float32).reshape(dims, steps, height, width, -1)
+        mosaic = grid.transpose(0, 2, 1, 3, 4).reshape(dims * height, steps * width, grid.shape[-1])
+        _imshow(axis, mosaic, aspect="auto")
+        tick_columns = range(0, steps, max(1, steps // 5))
+        axis.set_xticks([width * s + width / 2 - 0.5 for s in tick_columns])
+        axis.set_xticklabels([f"{deltas[s]:+.2f}" for s in tick_columns], fontsize=7)
+        tick_rows = range(0, dims, max(1, dims // 8))
+        axis.set_yticks([height * d + height / 2 - 0.5 for d in tick_rows])
+        axis.set_yticklabels([str(d + 1) for d in tick_rows], fontsize=7)
+        axis.set_xlabel("change added to the dimension", fontsize=8)
+        axis.set_ylabel("capsule dimension", fontsize=8)
+        axis.set_title(f"test #{panel['index']}: true {panel['label']}, capsule {panel['predicted']}", fontsize=9)
+    figure.suptitle(f"What the {dims} dimensions of the winning digit capsule encode: each row adds "
+                    f"{deltas[0]:+.2f} \u2026 {deltas[-1]:+.2f} to one dimension\nand the decoder redraws "
+                    "the digit (Sabour et al. 2017, Figure 4)", fontsize=10, y=1.0 - 0.1 / total_height)
+    return figure
+
+
+def capsule_lengths_figure(images, lengths, labels, indices, m_plus=0.9, m_minus=0.1):
+    """A bar chart of the J capsule lengths per digit, with the digit itself inset.
+
+    images: [N, H, W(, 1)]; lengths: float [N, J]; labels, indices: int [N].
+    Panels sit 5 per row. Size: (3.0 * columns) x (0.9 + 2.4 * rows) inches.
+    """
+    lengths = np.asarray(lengths)
+    count, classes = lengths.shape
+    columns = min(count, PANEL_COLUMNS)
+    rows = math.ceil(count / PANEL_COLUMNS)
+    total_height = 0.9 + 2.4 * rows
+    figure, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, total_height), squeeze=False)
+    figure.subplots_adjust(left=0.07, right=0.99, bottom=0.45 / total_height, top=1.0 - 0.9 / total_height,
+                           hspace=0.6, wspace=0.3)
+    for slot, axis in enumerate(axes.flat):
+        if slot >= count:
+            axis.axis("off")
+            continue
+        winner = int(np.argmax(lengths[slot]))
+        colours = ["tab:gray"] * classes
+        colours[winner] = "tab:green" if winner == labels[slot] else "tab:red"
+        axis.bar(range(classes), lengths[slot], color=colours)
+        axis.axhline(m_plus, color="tab:blue", linestyle="--", linewidth=0.8, label=f"m+ = {m_plus}")
+        axis.axhline(m_minus, color="tab:orange", linestyle=":", linewidth=0.8, label=f"m- = {m_minus}")
+        axis.set_ylim(0.0, 1.45)
+        axis.set_yticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+        axis.set_xticks(range(classes))
+        axis.tick_params(labelsize=7)
+        axis.set_xlabel("class", fontsize=8)
+        if slot % columns == 0:
+            axis.set_ylabel("capsule length", fontsize=8)
+        axis.set_title(f"test #{indices[slot]}: true {labels[slot]}, predicted {winner}", fontsize=9)
+        inset = axis.inset_axes([0.01, 0.71, 0.2, 0.28])  # above the bars, which end at 1.0
+        _show(inset, images[slot])
+    axes[0, 0].legend(loc="upper right", fontsize=6, frameon=False)
+    figure.suptitle("Length of each digit capsule = the network's confidence that the class is present "
+                    "(green: correct winner, red: wrong)", fontsize=10)
+    return figure
