@@ -194,14 +194,18 @@ def _run_hydra(argv):
     def train_app(cfg):
         from hydra.core.hydra_config import HydraConfig
 
+        from capsrun.sweeps import end_job, start_job
         from capsrun.training import train
 
+        start_job()  # the jobs of a sweep run one after another in this process: each starts clean
         try:
             metrics = train(cfg, HydraConfig.get().runtime.output_dir)
         except CapsrunError as error:
             print(f"capsrun train: error: {error}", file=sys.stderr)
             raise SystemExit(EXIT_USAGE) from None
-        return metrics.get("best_val_accuracy")
+        finally:
+            end_job()
+        return metrics.get("best_val_accuracy")  # the value Hydra sweepers (Optuna) maximise
 
     saved_argv = sys.argv
     sys.argv = ["capsrun train", *argv]

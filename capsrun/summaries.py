@@ -49,6 +49,16 @@ def write_hparams(writer, cfg, trial_id):
         hparams_api.hparams(hparams_of(cfg), trial_id=trial_id)
 
 
+FINAL_METRICS = ("best_val_accuracy", "val_accuracy", "train_accuracy", "images_per_second")
+
+
+def write_final_metrics(writer, metrics):
+    """`final/<name>` scalars at the run's last step, the metric columns of the HParams table
+    (capsrun/sweeps.py lists them in a sweep's experiment config)."""
+    values = {name: metrics[name] for name in FINAL_METRICS if metrics.get(name) is not None}
+    write_scalars(writer, "final", values, metrics["global_step"])
+
+
 def truncate_events(folder, last_step):
     """Drops events with step > `last_step` from the event files in `folder`.
 

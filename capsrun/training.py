@@ -24,7 +24,7 @@ from capsrun.evaluation import Evaluator, to_unit_range
 from capsrun.losses import capsule_losses
 from capsrun.model import build_model
 from capsrun.runfiles import RunCheckpoints, TrainingProgress, check_writable, write_json_atomic
-from capsrun.summaries import image_grid, truncate_events, write_hparams, write_scalars
+from capsrun.summaries import image_grid, truncate_events, write_final_metrics, write_hparams, write_scalars
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,7 @@ class Trainer:
                 metrics = self.train_loop_end(epoch, epoch_metrics)
         metrics["status"] = "completed"
         write_json_atomic(self.run_dir / "metrics.json", metrics)
+        write_final_metrics(self.writer, metrics)
         self.writer.flush()
         return metrics
 
