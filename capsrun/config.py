@@ -18,6 +18,7 @@ JIT_CHOICES = ("auto", "true", "false")
 PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
 
 
+MODEL_NAMES = ("capsnet", "baseline_cnn")
 DATA_NAMES = ("mnist", "fashion_mnist", "cifar10", "folder", "npz", "affnist", "multimnist")
 
 
@@ -29,6 +30,14 @@ class AffineConfig:
     scale_min: float = 0.8
     scale_max: float = 1.2
     translation: float = 6.0
+
+
+@dataclass
+class MultiMnistConfig:
+    pairs_per_digit: int = 1
+    canvas_size: int = 36
+    max_shift: int = 4
+    test_seed: int = 0
 
 
 @dataclass
@@ -44,6 +53,7 @@ class DataConfig:
     test_fraction: float = 0.1
     canvas_size: Optional[int] = None
     affine: AffineConfig = field(default_factory=AffineConfig)
+    multimnist: MultiMnistConfig = field(default_factory=MultiMnistConfig)
 
 
 @dataclass
@@ -58,6 +68,10 @@ class ModelConfig:
     digit_dim: int = 16
     routing_iterations: int = 3
     decoder_units: List[int] = field(default_factory=lambda: [512, 1024])
+    cnn_channels: List[int] = field(default_factory=lambda: [256, 256, 128])
+    cnn_kernel: int = 5
+    fc_units: List[int] = field(default_factory=lambda: [328, 192])
+    dropout: float = 0.5
 
 
 @dataclass
@@ -174,7 +188,22 @@ def validate(cfg):
     _check(0 <= affine.rotation_degrees <= 180, "data.affine.rotation_degrees must be in [0, 180]")
     _check(affine.shear >= 0 and affine.translation >= 0, "data.affine.shear and translation must be >= 0")
     _check(0 < affine.scale_min <= affine.scale_max, "data.affine needs 0 < scale_min <= scale_max")
-    _check(model.name == "capsnet", f"model.name must be 'capsnet', got '{model.name}'")
+    _check(model.name in MODEL_NAMES, f"model.name must be one of {', '.join(MODEL_NAMES)}; got '{model.name}'")
+    _check(
+        not (model.name == "baseline_cnn" and data.name == "multimnist"),
+        "model=baseline_cnn classifies one object per image; use model=capsnet for data=multimnist",
+    )
+    _check(
+        data.name != "multimnist" or data.shift_pixels == 0,
+        "data=multimnist digits are already shifted when generated; set data.shift_pixels=0",
+    )
+    mm = data.multimnist
+    _check(mm.pairs_per_digit >= 1 and mm.max_shift >= 0, "data.multimnist needs pairs_per_digit >= 1, max_shift >= 0")
+    _check(mm.canvas_size >= 28 + 2 * mm.max_shift,
+           f"data.multimnist.canvas_size must be >= 28 + 2 * max_shift ({28 + 2 * mm.max_shift})")
+    _check(0 <= model.dropout < 1, f"model.dropout must be in [0, 1), got {model.dropout}")
+    _check(all(v >= 1 for v in [*model.cnn_channels, *model.fc_units, model.cnn_kernel]),
+           "model.cnn_channels, model.cnn_kernel and model.fc_units must all be >= 1")
     _check(
         model.routing_iterations >= 1,
         f"model.routing_iterations must be >= 1, got {model.routing_iterations}",

@@ -10,15 +10,17 @@ import tensorflow as tf
 
 from capsrun.datasets import load_source
 from capsrun.errors import CapsrunError
-from capsrun.synthetic import affine_parameters, affine_transform, pad_to_canvas
+from capsrun.synthetic import affine_parameters, affine_transform, multimnist, pad_to_canvas
 
 
 @dataclass
 class Split:
-    """Images uint8 [N, H, W, C] and labels int32 [N]."""
+    """Images uint8 [N, H, W, C] and labels int32 [N] (or [N, K] for K digits per image, with
+    `components` uint8 [N, K, H, W, C], each digit alone)."""
 
     images: np.ndarray
     labels: np.ndarray
+    components: np.ndarray = None
 
     def __len__(self):
         return len(self.labels)
@@ -38,6 +40,11 @@ class DataSplits:
     @property
     def image_shape(self):
         return tuple(self.train.images.shape[1:])
+
+    @property
+    def num_targets(self):
+        """Digits per image: 1, or K for labels [N, K] (MultiMNIST: 2)."""
+        return 1 if self.train.labels.ndim == 1 else self.train.labels.shape[1]
 
 
 def load_splits(data_cfg, seed):
@@ -66,6 +73,20 @@ def load_splits(data_cfg, seed):
     if data_cfg.name == "affnist":
         params = affine_parameters(len(x_test), data_cfg.affine)
         extra_tests["affine"] = Split(affine_transform(x_test, params), y_test)
+    if data_cfg.name == "multimnist":
+        options = data_cfg.multimnist
+
+        def overlay(images, labels, pair_seed):
+            return Split(*multimnist(images, labels, options.pairs_per_digit, pair_seed, options.canvas_size,
+                                     options.max_shift))
+
+        return DataSplits(
+            train=overlay(x_train[train_idx], y_train[train_idx], [seed, 0]),
+            val=overlay(x_train[val_idx], y_train[val_idx], [seed, 1]),
+            test=overlay(x_test, y_test, [options.test_seed, 2]),
+            num_classes=len(raw.class_names),
+            class_names=raw.class_names,
+        )
     return DataSplits(
         train=Split(x_train[train_idx], y_train[train_idx]),
         val=Split(x_train[val_idx], y_train[val_idx]),
@@ -106,27 +127,32 @@ def steps_per_epoch(split, batch_size):
     return len(split) // batch_size
 
 
+def _arrays(split, order=None):
+    arrays = (split.images, split.labels) + (() if split.components is None else (split.components,))
+    return arrays if order is None else tuple(array[order] for array in arrays)
+
+
 def train_dataset(split, batch_size, seed, epoch, shift_pixels, skip_batches=0):
-    """Batches (uint8 images [B, H, W, C], int32 labels [B]) for one training epoch.
+    """Batches (uint8 images [B, H, W, C], int32 labels [B][, components]) for one training epoch.
 
     The order and the shifts depend only on (seed, epoch), so a resumed run sees the same data;
     `skip_batches` skips the batches already trained on in a partly finished epoch.
     """
     order = np.random.default_rng([seed, epoch]).permutation(len(split))
-    dataset = tf.data.Dataset.from_tensor_slices((split.images[order], split.labels[order]))
+    dataset = tf.data.Dataset.from_tensor_slices(_arrays(split, order))
     dataset = dataset.batch(batch_size, drop_remainder=True).enumerate().skip(skip_batches)
 
     def augment(index, batch):
-        images, labels = batch
         if shift_pixels > 0:
-            images = random_shift(images, shift_pixels, tf.stack([tf.cast(seed, tf.int64), epoch * 1_000_003 + index]))
-        return images, labels
+            shifted = random_shift(batch[0], shift_pixels, tf.stack([tf.cast(seed, tf.int64), epoch * 1_000_003 + index]))
+            batch = (shifted, *batch[1:])
+        return batch
 
     dataset = dataset.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     return _with_options(dataset.prefetch(tf.data.AUTOTUNE))
 
 
 def eval_dataset(split, batch_size):
-    """Batches (uint8 images, int32 labels) in order, the last one possibly partial."""
-    dataset = tf.data.Dataset.from_tensor_slices((split.images, split.labels)).batch(batch_size)
+    """Batches (uint8 images, int32 labels[, components]) in order, the last one possibly partial."""
+    dataset = tf.data.Dataset.from_tensor_slices(_arrays(split)).batch(batch_size)
     return _with_options(dataset.prefetch(tf.data.AUTOTUNE))

@@ -14,14 +14,14 @@ import time
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from capsrun import data as data_lib
 from capsrun.config import validate
 from capsrun.distribute import check_batch_size, is_chief, make_strategy, setup_devices, use_jit
 from capsrun.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, CapsrunError
-from capsrun.evaluation import Evaluator, to_unit_range
-from capsrun.losses import capsule_losses
+from capsrun.evaluation import NOT_LOSSES, Evaluator, batch_sums, to_unit_range, unpack
 from capsrun.model import build_model
 from capsrun.runfiles import RunCheckpoints, TrainingProgress, check_writable, write_json_atomic
 from capsrun.summaries import image_grid, truncate_events, write_final_metrics, write_hparams, write_scalars
@@ -71,7 +71,7 @@ class Trainer:
         self.steps_per_epoch = data_lib.steps_per_epoch(splits.train, cfg.batch_size)
         jit = use_jit(cfg.trainer)
         with strategy.scope():
-            self.model = build_model(cfg.model, splits.image_shape, splits.num_classes)
+            self.model = build_model(cfg.model, splits.image_shape, splits.num_classes, splits.num_targets)
             self.optimizer = make_optimizer(cfg.optimizer, self.steps_per_epoch, cfg.trainer.mixed_precision)
             # Keras 3 optimizers must create their slots eagerly under a strategy (keras#23085).
             self.optimizer.build(self.model.trainable_variables)
@@ -82,14 +82,14 @@ class Trainer:
         )
         replica_step = tf.function(self._replica_step, jit_compile=jit, reduce_retracing=True)
         self._train_step = tf.function(
-            lambda images, labels, stop: self._reduce(strategy.run(replica_step, args=(images, labels, stop))),
-            reduce_retracing=True,
+            lambda batch, stop: self._reduce(strategy.run(replica_step, args=(batch, stop))), reduce_retracing=True
         )
         self.history = []
         self.resumed_from = None
 
-    def _replica_step(self, images, labels, stop):
-        """One replica's share of a global batch: uint8 images [b, H, W, C], int32 labels [b];
+    def _replica_step(self, batch, stop):
+        """One replica's share of a global batch (uint8 images [b, H, W, C], int32 labels [b] or
+        [b, K], and for K digits per image their uint8 components [b, K, H, W, C]);
         `stop` (float32 scalar) is 1 where this process received SIGTERM/SIGINT. The flags are
         summed with the metrics, so that every worker of a cluster stops after the same step.
 
@@ -98,32 +98,22 @@ class Trainer:
         device. Under mixed_float16 the loss is multiplied by the dynamic loss scale before the
         gradient and the optimizer (a LossScaleOptimizer) divides the gradients by it again.
         """
-        images = to_unit_range(images)
+        images, labels, components = unpack(batch)
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             outputs = self.model(images, labels=labels, training=True)
-            losses = capsule_losses(
-                self.cfg.loss, outputs["lengths"], labels, images, outputs["reconstructions"], self.model.num_classes
-            )
-            loss = tf.reduce_sum(losses["total"]) / self.batch_size
+            sums = batch_sums(self.model, self.cfg.loss, outputs, images, labels, components)
+            loss = sums["loss"] / self.batch_size
             scaled_loss = self.optimizer.scale_loss(loss)
         gradients = tape.gradient(scaled_loss, variables)
         if self.cfg.trainer.max_grad_norm:
             gradients = self._clip_global(gradients)
         grad_norm = tf.linalg.global_norm(gradients)
         self.optimizer.apply_gradients(zip(gradients, variables))
-        predicted = tf.argmax(outputs["lengths"], axis=-1, output_type=tf.int32)
         finite = tf.math.is_finite(loss)
         if self.cfg.trainer.mixed_precision != "mixed_float16":
             finite = tf.logical_and(finite, tf.math.is_finite(grad_norm))
-        return {
-            "loss": tf.reduce_sum(losses["total"]),
-            "margin_loss": tf.reduce_sum(losses["margin"]),
-            "reconstruction_loss": tf.reduce_sum(losses["reconstruction"]),
-            "correct": tf.reduce_sum(tf.cast(predicted == labels, tf.float32)),
-            "non_finite": 1.0 - tf.cast(finite, tf.float32),
-            "stop": tf.identity(stop),
-        }
+        return {**sums, "non_finite": 1.0 - tf.cast(finite, tf.float32), "stop": tf.identity(stop)}
 
     def _clip_global(self, gradients):
         """Clips the gradient of the whole global batch to `trainer.max_grad_norm`. The replicas'
@@ -198,27 +188,26 @@ class Trainer:
 
     def train_loop(self, dataset, progress_bar, stop):
         """Runs the steps of one epoch; returns the epoch's training metrics."""
-        totals = {"loss": 0.0, "margin_loss": 0.0, "reconstruction_loss": 0.0, "correct": 0.0}
-        interval = dict.fromkeys(totals, 0.0)
+        totals, interval = {}, {}
         seen = interval_seen = 0
         epoch_start = interval_start = time.perf_counter()
-        for images, labels in dataset:
+        for batch in dataset:
             stop_flag = tf.constant(1.0 if stop.signal_name else 0.0)
-            sums = {key: float(value) for key, value in self._train_step(images, labels, stop_flag).items()}
+            sums = {key: float(value) for key, value in self._train_step(batch, stop_flag).items()}
             step = int(self.optimizer.iterations.numpy())
             if sums.pop("non_finite") > 0:
                 self._diverged(step)
             stop.agreed = sums.pop("stop") > 0
             self.progress.step_in_epoch.assign_add(1)
-            for key in totals:
-                totals[key] += sums[key]
-                interval[key] += sums[key]
+            for key, value in sums.items():
+                totals[key] = totals.get(key, 0.0) + value
+                interval[key] = interval.get(key, 0.0) + value
             seen += self.batch_size
             interval_seen += self.batch_size
             if step % self.cfg.trainer.log_every_steps == 0:
                 elapsed = time.perf_counter() - interval_start
                 self._log_train(step, interval, interval_seen, interval_seen / elapsed)
-                interval = dict.fromkeys(totals, 0.0)
+                interval = {}
                 interval_seen, interval_start = 0, time.perf_counter()
             if progress_bar:
                 progress_bar.update(int(self.progress.step_in_epoch.numpy()), [
@@ -231,17 +220,13 @@ class Trainer:
                 break
         seconds = time.perf_counter() - epoch_start
         seen = max(seen, 1)
-        return {
-            "loss": totals["loss"] / seen,
-            "margin_loss": totals["margin_loss"] / seen,
-            "reconstruction_loss": totals["reconstruction_loss"] / seen,
-            "accuracy": totals["correct"] / seen,
-            "images_per_second": seen / seconds,
-            "seconds": seconds,
-        }
+        metrics = {key: value / seen for key, value in totals.items() if key not in NOT_LOSSES}
+        metrics.update(accuracy=totals.get("correct", 0.0) / seen, images_per_second=seen / seconds, seconds=seconds)
+        metrics.setdefault("loss", float("nan"))
+        return metrics
 
     def _log_train(self, step, sums, count, images_per_second):
-        values = {key: sums[key] / count for key in ("loss", "margin_loss", "reconstruction_loss")}
+        values = {key: value / count for key, value in sums.items() if key not in NOT_LOSSES}
         values["accuracy"] = sums["correct"] / count
         values["learning_rate"] = float(tf.convert_to_tensor(self.optimizer.learning_rate).numpy())
         values["images_per_second"] = images_per_second
@@ -254,8 +239,8 @@ class Trainer:
         self.progress.epoch.assign(epoch + 1)
         self.progress.step_in_epoch.assign(0)
         if val is not None:
-            write_scalars(self.writer, "val", {k: val[k] for k in ("loss", "accuracy", "margin_loss",
-                                                                    "reconstruction_loss")}, step)
+            write_scalars(self.writer, "val", {k: v for k, v in val.items() if k == "accuracy" or k.endswith("loss")},
+                          step)
             self._write_reconstructions(step)
         is_best = val is not None and val["accuracy"] > float(self.progress.best_val_accuracy.numpy())
         if is_best:
@@ -266,7 +251,7 @@ class Trainer:
         self.writer.flush()
         record = {"epoch": epoch + 1, "step": step, **{f"train_{k}": v for k, v in train_metrics.items()}}
         if val is not None:
-            record.update({f"val_{k}": val[k] for k in ("loss", "accuracy", "reconstruction_error")})
+            record.update({f"val_{k}": v for k, v in val.items() if k in ("loss", "accuracy", "reconstruction_error")})
         self.history.append(record)
         metrics = self._metrics("running", train_metrics, val)
         write_json_atomic(self.run_dir / "metrics.json", metrics)
@@ -294,11 +279,17 @@ class Trainer:
         }
 
     def _write_reconstructions(self, step):
+        """The image `val/reconstructions`: validation inputs above their reconstructions from the
+        predicted capsule(s), one row per reconstructed digit."""
         count = min(self.cfg.trainer.num_recon_images, len(self.splits.val))
         images = to_unit_range(self.splits.val.images[:count])
-        reconstructions = self.model(images, training=False)["reconstructions"]
+        outputs = self.model(images, training=False)
+        if "reconstructions" not in outputs:
+            return
+        reconstructions = outputs["reconstructions"].numpy()
+        rows = [reconstructions] if reconstructions.ndim == 4 else list(np.moveaxis(reconstructions, 1, 0))
         with self.writer.as_default(step=step):
-            tf.summary.image("val/reconstructions", image_grid([images.numpy(), reconstructions.numpy()]))
+            tf.summary.image("val/reconstructions", image_grid([images.numpy(), *rows]))
 
     def _stop(self, metrics, signal_name):
         step = int(self.optimizer.iterations.numpy())

@@ -126,3 +126,31 @@ def test_multimnist_is_deterministic_with_two_classes_and_heavy_overlap():
     np.testing.assert_array_equal(components[::2, 0].sum(axis=(1, 2, 3)), digits.sum(axis=(1, 2, 3)))
     overlap = bounding_box_overlap(components)
     assert 0.65 <= overlap.mean() <= 0.9 and (overlap > 0).mean() > 0.95
+
+
+def test_two_digit_accuracy_needs_both_digits():
+    import tensorflow as tf
+
+    from capsrun.losses import class_targets, correct_predictions
+
+    labels = tf.constant([[3, 7], [1, 2], [4, 0]])
+    predicted = tf.constant([[3, 7], [1, 5], [0, 4]])
+    np.testing.assert_array_equal(correct_predictions(predicted, labels).numpy(), [1, 0, 1])
+    np.testing.assert_array_equal(class_targets(tf.constant([[3, 7]]), 10).numpy()[0], np.eye(10)[3] + np.eye(10)[7])
+
+
+@pytest.mark.parametrize("overrides", [
+    ["data=multimnist", "data.train_size=128", "data.val_size=32", "data.test_size=32"],
+    ["model=baseline_cnn", "model.cnn_channels=[8,8,4]", "model.fc_units=[16,8]"],
+])
+def test_multimnist_capsnet_and_baseline_cnn_train_through_the_cli(tmp_path, overrides):
+    run_dir = tmp_path / "run"
+    result = run_cli("train", "experiment=smoke", *overrides, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and 0 <= metrics["val_accuracy"] <= 1
+    history = metrics["history"][0]
+    if "model=baseline_cnn" in overrides:
+        assert "train_cross_entropy_loss" in history and "train_margin_loss" not in history
+    else:
+        assert history["train_reconstruction_loss"] > 0 and "train_margin_loss" in history

@@ -15,8 +15,8 @@ def _trainer(cfg, strategy, run_dir, splits):
 
 def _one_step(trainer, splits):
     dataset = train_dataset(splits.train, trainer.batch_size, seed=0, epoch=0, shift_pixels=2)
-    images, labels = next(iter(trainer.strategy.experimental_distribute_dataset(dataset)))
-    return {key: float(value) for key, value in trainer._train_step(images, labels, tf.constant(0.0)).items()}
+    batch = next(iter(trainer.strategy.experimental_distribute_dataset(dataset)))
+    return {key: float(value) for key, value in trainer._train_step(batch, tf.constant(0.0)).items()}
 
 
 def test_mirrored_step_on_two_devices_equals_one_device(tmp_path):
