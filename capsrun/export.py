@@ -47,7 +47,7 @@ def serving_module(model, image_shape):
 
         @tf.function(input_signature=[tf.TensorSpec([None, *image_shape], tf.float32, name="images")])
         def serve(self, images):
-            lengths = tf.cast(model.lengths(model.capsules(images, training=False)), tf.float32)
+            lengths = tf.cast(model(images, training=False)["lengths"], tf.float32)
             return {"lengths": lengths, "predicted_class": tf.argmax(lengths, axis=-1, output_type=tf.int32)}
 
     return CapsNetServing()

@@ -7,6 +7,7 @@ or uint8 arrays, shaped [N, H, W], [N, H, W, 1] (grayscale, white digit on black
 """
 import io
 import math
+import textwrap
 
 import matplotlib
 
@@ -36,6 +37,15 @@ def _show(axis, image):
     _imshow(axis, image)
     axis.set_xticks([])
     axis.set_yticks([])
+
+
+def _suptitle(figure, *paragraphs):
+    """A figure title wrapped to the figure's width (smaller type on narrow figures)."""
+    width, height = figure.get_size_inches()
+    size = 10 if width >= 7 else 8
+    chars = max(24, int(width * 72 / (size * 0.55)))
+    lines = [line for paragraph in paragraphs for line in textwrap.wrap(paragraph, chars)]
+    figure.suptitle("\n".join(lines), fontsize=size, y=1.0 - 0.06 / height)
 
 
 def to_png(figure, dpi):
@@ -101,8 +111,8 @@ def misclassified_figure(images, labels, predicted, confidences, indices, total_
     if count == 0:
         axes[0, 0].text(0.0, 0.5, "no misclassified test digits", fontsize=12, transform=axes[0, 0].transAxes)
     shown = f"all {count}" if count == total_wrong else f"the first {count} of {total_wrong}"
-    figure.suptitle(f"{title}\nMisclassified test digits ({shown}): #test index: true \u2192 predicted class "
-                    "(length of the predicted capsule)", fontsize=10)
+    _suptitle(figure, title, f"Misclassified test digits ({shown}): #test index: true \u2192 predicted class "
+              "(length of the predicted capsule)")
     return figure
 
 
@@ -132,8 +142,8 @@ def reconstructions_figure(images, reconstructions, labels, predicted, indices):
             bottom.set_title(f"as {predicted[slot]}", fontsize=8, color="firebrick" if wrong else "black")
         axes[2 * group, 0].set_ylabel("test digit", fontsize=8)
         axes[2 * group + 1, 0].set_ylabel("reconstruction", fontsize=8)
-    figure.suptitle("Test digits (#index: true class) and the decoder's reconstruction from the predicted "
-                    "digit capsule (as: predicted class; red = wrong)", fontsize=10)
+    _suptitle(figure, "Test digits (#index: true class) and the decoder's reconstruction from the predicted "
+              "digit capsule (as: predicted class; red = wrong)")
     return figure
 
 
@@ -142,7 +152,7 @@ def perturbations_figure(panels, deltas):
 
     panels: list of dicts with `grid` [D, S, H, W(, C)] (row d: dimension d of the winning capsule
     shifted by each of the S `deltas`), `index`, `label`, `predicted`. Panels sit 5 per row.
-    Size: (3.4 * columns) x (0.9 + rows * (1.0 + 2.7 * D * H / (S * W))) inches.
+    Size: (3.4 * columns) x (0.7 + rows * (1.0 + 2.7 * D * H / (S * W))) inches.
     """
     count = len(panels)
     columns = min(count, PANEL_COLUMNS)
@@ -150,7 +160,7 @@ def perturbations_figure(panels, deltas):
     dims, steps, height, width = np.asarray(panels[0]["grid"]).shape[:4]
     image_width = 2.7
     image_height = image_width * dims * height / (steps * width)
-    cell_width, cell_height, header = 3.4, 1.0 + image_height, 0.9
+    cell_width, cell_height, header = 3.4, 1.0 + image_height, 0.7
     figure = plt.figure(figsize=(cell_width * columns, header + rows * cell_height))
     total_width, total_height = figure.get_size_inches()
     for slot, panel in enumerate(panels):
@@ -171,9 +181,9 @@ def perturbations_figure(panels, deltas):
         axis.set_xlabel("change added to the dimension", fontsize=8)
         axis.set_ylabel("capsule dimension", fontsize=8)
         axis.set_title(f"test #{panel['index']}: true {panel['label']}, capsule {panel['predicted']}", fontsize=9)
-    figure.suptitle(f"What the {dims} dimensions of the winning digit capsule encode: each row adds "
-                    f"{deltas[0]:+.2f} \u2026 {deltas[-1]:+.2f} to one dimension\nand the decoder redraws "
-                    "the digit (Sabour et al. 2017, Figure 4)", fontsize=10, y=1.0 - 0.1 / total_height)
+    _suptitle(figure, f"What the {dims} dimensions of the winning digit capsule encode: each row adds "
+              f"{deltas[0]:+.2f} \u2026 {deltas[-1]:+.2f} to one dimension and the decoder redraws the digit "
+              "(Sabour et al. 2017, Figure 4)")
     return figure
 
 
@@ -212,6 +222,6 @@ def capsule_lengths_figure(images, lengths, labels, indices, m_plus=0.9, m_minus
         inset = axis.inset_axes([0.01, 0.71, 0.2, 0.28])  # above the bars, which end at 1.0
         _show(inset, images[slot])
     axes[0, 0].legend(loc="upper right", fontsize=6, frameon=False)
-    figure.suptitle("Length of each digit capsule = the network's confidence that the class is present "
-                    "(green: correct winner, red: wrong)", fontsize=10)
+    _suptitle(figure, "Length of each digit capsule = the network's confidence that the class is present "
+              "(green: correct winner, red: wrong)")
     return figure

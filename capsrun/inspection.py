@@ -50,11 +50,13 @@ def quote_paths(args):
     """`run_dir=out/seed=1` -> `run_dir='out/seed=1'`; `images=[a.png,b c.png]` -> a quoted list.
 
     Only the keys in PATH_KEYS are touched, and only when their value is not quoted already;
-    `images=a.png` becomes a one-element list.
+    `images=a.png` becomes a one-element list, and so does `indices=5`.
     """
     quoted = []
     for arg in args:
         key, sep, value = arg.partition("=")
+        if key == "indices" and value.strip().lstrip("-").isdigit():
+            arg = f"indices=[{value.strip()}]"
         if not sep or key not in PATH_KEYS or value in ("", "null") or any(q in value for q in "'\""):
             quoted.append(arg)
             continue
@@ -111,6 +113,10 @@ def command_config(name, schema, args):
     cfg = compose(name, quote_paths(args))
     if OmegaConf.is_missing(cfg, "run_dir") or cfg.run_dir in (None, "", []):
         raise CapsrunError(f"run_dir is required: capsrun {name} run_dir=PATH (a folder written by capsrun train)")
+    for key in cfg:
+        if OmegaConf.is_missing(cfg, key):
+            raise CapsrunError(f"{key} is required: capsrun {name} run_dir=PATH {key}=... "
+                               f"(capsrun {name} --help explains it)")
     return cfg
 
 
@@ -278,6 +284,9 @@ def restore_run(run_dir, which="best", test_size=None, trainer=None, strategy=No
     splits = load_splits(cfg.data, cfg.seed)
     if len(splits.test) == 0:
         raise CapsrunError(f"the test set of {run_dir} is empty; check data.path")
+    if splits.test.labels.ndim != 1:
+        raise CapsrunError(f"run {run_dir} was trained on images holding several digits; eval, visualize, "
+                           "predict and export handle one digit per image")
     import keras
 
     keras.mixed_precision.set_global_policy(
@@ -302,6 +311,9 @@ def write_bytes_atomic(path, data):
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's files are private (0600); outputs are not
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

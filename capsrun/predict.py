@@ -164,12 +164,14 @@ def prepare_inputs(inputs, image_shape, invert, center):
 
 
 def classify(model, images, batch_size):
-    """Capsule lengths float32 [N, J] of uint8 images [N, H, W, 1] (scaled to [0, 1] as in training)."""
+    """Capsule lengths float32 [N, J] of uint8 images [N, H, W, 1] (scaled to [0, 1] as in training);
+    for a baseline CNN run, its softmax scores."""
     import tensorflow as tf
 
     from capsrun.evaluation import to_unit_range
 
-    forward = tf.function(lambda batch: model.lengths(model.capsules(to_unit_range(batch))), reduce_retracing=True)
+    forward = tf.function(lambda batch: model(to_unit_range(batch), training=False)["lengths"],
+                          reduce_retracing=True)
     return np.concatenate([forward(images[start: start + batch_size]).numpy()
                            for start in range(0, len(images), batch_size)])
 

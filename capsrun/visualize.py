@@ -125,6 +125,9 @@ def visualize_command(args):
 
     restored = restore_run(run_dir, cfg.checkpoint, cfg.data.test_size)
     model, test = restored.model, restored.splits.test
+    if not hasattr(model, "capsules"):
+        raise CapsrunError(f"run {run_dir} trained a {restored.cfg.model.name}, which has no capsules to look "
+                           "inside; capsrun visualize needs a CapsNet run")
     indices = choose_indices(None if cfg.indices is None else OmegaConf.to_container(cfg.indices),
                              test.labels, restored.num_classes)
     say(f"capsrun visualize: {run_dir}: checkpoint {restored.checkpoint}, digits {indices}")

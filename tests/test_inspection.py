@@ -136,7 +136,7 @@ def test_visualize_writes_figures_and_tensorboard(runs, evaluated):
     run = runs[1][0]
     result = ok(run_cli("visualize", f"run_dir={run}"))
     # 20 reconstructions = 2 groups of 10; 10 digits (one per class) = 2 rows of 5 panels of 16 x 11 images
-    expected = {"reconstructions.png": (1100, 540), "perturbations.png": (1700, round(90 + 2 * (100 + 270 * 16 / 11))),
+    expected = {"reconstructions.png": (1100, 540), "perturbations.png": (1700, round(70 + 2 * (100 + 270 * 16 / 11))),
                 "capsule_lengths.png": (1500, 570)}
     for name, size in expected.items():
         assert png_size(run / name) == size, name
@@ -149,7 +149,7 @@ def test_visualize_writes_figures_and_tensorboard(runs, evaluated):
 def test_visualize_chosen_digits_and_range(runs, tmp_path):
     ok(run_cli("visualize", f"run_dir={runs[1][0]}", "indices=[5,17]", "perturbation.range=0.1",
                "perturbation.step=0.05", "num_reconstructions=3", f"output_dir={tmp_path}", "dpi=50"))
-    assert png_size(tmp_path / "perturbations.png") == (340, round(45 + 50 + 135 * 16 / 5))  # 5 shifts
+    assert png_size(tmp_path / "perturbations.png") == (340, round(35 + 50 + 135 * 16 / 5))  # 5 shifts
     assert png_size(tmp_path / "capsule_lengths.png") == (300, round(45 + 120))
     assert png_size(tmp_path / "reconstructions.png") == (550, 155)
 
@@ -254,6 +254,8 @@ def test_paths_with_equals_signs_and_commas_are_quoted(tmp_path):
     assert quote_paths([f"run_dir={job}"]) == [f"run_dir='{job}'"]
     assert quote_paths([f"run_dir=[{job},{tmp_path}]"]) == [f"run_dir=['{job}','{tmp_path}']"]
     assert quote_paths(["images=a b.png", "indices=[1,2]"]) == ["images=['a b.png']", "indices=[1,2]"]
+    assert quote_paths(["indices=7", "checkpoint=last", "output=json"]) == \
+        ["indices=[7]", "checkpoint='last'", "output='json'"]
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
@@ -326,6 +328,8 @@ BAD_INPUTS = [
     pytest.param("predict", _file("wrong.npy", np.zeros((3, 32, 32), dtype=np.uint8)), "expected [N, 28, 28]",
                  marks=SLOW),
     ("predict", lambda tmp, run: [f"run_dir={run}", "images=[x.png]", "output=xml"], "output must be one of"),
+    ("predict", lambda tmp, run: [f"run_dir={run}"], "images is required"),
+    ("export", lambda tmp, run: [f"run_dir={run}", "--json"], "unknown option --json"),
 ]
 
 
