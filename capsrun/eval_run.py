@@ -114,10 +114,8 @@ def evaluate_run(run_dir, cfg, strategy):
                                for k, total in enumerate(per_class)],
         "per_class_count": [int(total) for total in per_class],
         "confusion_matrix": confusion.tolist(),
-        "reconstruction_error": metrics["reconstruction_error"],
-        "loss": metrics["loss"],
-        "margin_loss": metrics["margin_loss"],
-        "reconstruction_loss": metrics["reconstruction_loss"],
+        "reconstruction_error": metrics.get("reconstruction_error"),  # None for a model without decoder
+        **{key: value for key, value in metrics.items() if key.endswith("loss")},  # loss and its terms
         "test_size": run_cfg.data.test_size,
         "batch_size": batch_size,
         "replicas": strategy.num_replicas_in_sync,
@@ -180,7 +178,9 @@ def write_outputs(report, outputs, cfg):
     write_json_atomic(files["eval.json"], report)
     if cfg.tensorboard:
         scalars = {"test/accuracy": report["test_accuracy"], "test/error_percent": report["test_error_percent"],
-                   "test/reconstruction_error": report["reconstruction_error"], "test/loss": report["loss"]}
+                   "test/loss": report["loss"]}
+        if report["reconstruction_error"] is not None:
+            scalars["test/reconstruction_error"] = report["reconstruction_error"]
         scalars.update({f"test/per_class_accuracy/{k}": value
                         for k, value in enumerate(report["per_class_accuracy"]) if value is not None})
         write_tensorboard(run_dir, report["step"], scalars,
@@ -202,7 +202,8 @@ def format_report(report):
         f"  test digits           {report['num_examples']:,}",
         f"  test accuracy         {report['test_accuracy']:.2%} (error {report['test_error_percent']:.2f}%, "
         f"{report['num_misclassified']:,} misclassified)",
-        f"  reconstruction error  {report['reconstruction_error']:.5f} (mean squared error per pixel)",
+        f"  reconstruction error  {report['reconstruction_error']:.5f} (mean squared error per pixel)"
+        if report["reconstruction_error"] is not None else "  reconstruction error  n/a (the model has no decoder)",
         f"  per-class accuracy    {per_class}",
         "  confusion matrix (rows: true class, columns: predicted class)",
         "      " + "".join(f"{k:>{width}}" for k in range(classes)),
