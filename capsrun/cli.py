@@ -18,10 +18,12 @@ commands:
   visualize  reconstructions, capsule-dimension perturbations (Figure 4) and capsule lengths (run_dir=PATH)
   predict classify PNG/JPEG/.npy digits with a trained run (run_dir=PATH images=[a.png,b.png])
   export  write a run's model as a TensorFlow SavedModel (run_dir=PATH)
+  report  table, CSV and plot of a sweep: mean +- std test error per setting over seeds (sweep_dir=PATH)
 
 examples:
   capsrun train epochs=50
   capsrun train -m model.routing_iterations=1,2,3
+  capsrun train -m experiment=table1 && capsrun report sweep_dir=outputs/multirun/table1/DATE/TIME
   capsrun train resume=outputs/2026-11-28/10-00-00
 """
 CONFIG_GROUPS = ("data", "model", "loss", "optimizer", "trainer", "experiment", "hparams_search")
@@ -103,6 +105,8 @@ def check_train_overrides(overrides):
     choices = []
     for override in parsed:
         if override.key_or_group.startswith("hydra"):
+            if override.key_or_group in ("hydra/launcher", "hydra/sweeper"):  # plugins: check they are installed
+                choices.append([override.input_line])
             continue
         if override.is_sweep_override():
             if not override.is_discrete_sweep():
@@ -113,7 +117,12 @@ def check_train_overrides(overrides):
             choices.append([override.input_line])
     configs = []
     for combination in itertools.islice(itertools.product(*choices), MAX_CHECKED_SWEEP_JOBS):
-        configs.append(compose("config", combination))
+        try:
+            configs.append(compose("config", combination))
+        except CapsrunError as error:
+            from capsrun.sweeps import plugin_hint
+
+            raise CapsrunError(plugin_hint(str(error))) from None
         validate(configs[-1])
     return configs
 
@@ -223,6 +232,7 @@ COMMANDS = {
     "visualize": ("capsrun.visualize", "visualize_command"),
     "predict": ("capsrun.predict", "predict_command"),
     "export": ("capsrun.export", "export_command"),
+    "report": ("capsrun.report", "report_command"),
 }
 """Subcommand -> (module, function taking the remaining arguments and returning an exit code).
 Modules are imported only when their command runs, so that `capsrun --help` stays instant."""

@@ -125,6 +125,18 @@ def start_job():
     _custom_gradients_at_start.update(registry or ())
 
 
+def _release_free_heap():
+    """Hands the heap memory freed by the job back to the operating system (glibc keeps it in
+    per-thread arenas otherwise, so the resident size would depend on which threads ran)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
+
+
 def end_job():
     """Releases what a job left behind so that the next job of a sweep run in the same process
     starts clean; logs the resident memory afterwards (flat over a sweep); returns it in MiB.
@@ -135,7 +147,8 @@ def end_job():
       would ever free. The ones registered since `start_job` are dropped (their graphs belong to
       the finished job).
     - Keras's global state (layer-name counters, the default graph, TensorFlow's kernel cache)
-      is cleared and the job's models, optimizers and compiled functions are garbage collected.
+      is cleared, the job's models, optimizers and compiled functions are garbage collected, and
+      the freed heap is returned to the operating system.
     """
     import keras
     from tensorflow.python.framework import ops
@@ -148,8 +161,22 @@ def end_job():
     _custom_gradients_at_start.clear()
     keras.backend.clear_session(free_memory=True)
     gc.collect()
+    _release_free_heap()
     graphs = sum(isinstance(obj, ops.Graph) for obj in gc.get_objects())
     rss = resident_memory_mib()
     log.info("job finished: Keras session cleared, %d TensorFlow graphs alive, resident memory %.1f MiB",
              graphs, rss)
     return rss
+
+
+PLUGIN_EXTRAS = {"hydra/launcher/submitit": "cluster", "hydra/sweeper/optuna": "optuna"}
+"""Hydra plugins capsrun's configs use -> the capsrun extra that installs them."""
+
+
+def plugin_hint(message):
+    """A config error about a missing Hydra launcher/sweeper plugin, with the pip command that
+    installs it."""
+    for group, extra in PLUGIN_EXTRAS.items():
+        if f"Could not find '{group}" in message:
+            return f"{message.split(': Available options')[0]}; install the plugin: pip install 'capsrun[{extra}]'"
+    return message

@@ -1,0 +1,398 @@
+"""`capsrun report sweep_dir=PATH`: one table for a whole sweep (e.g. the paper's Table 1).
+
+Reads every job folder of a multirun (its `.hydra/config.yaml`, `metrics.json` and `eval.json`;
+`capsrun eval` runs first where `eval.json` is missing, unless `evaluate=false`), groups the
+jobs by the keys the sweep varied other than the seed, and writes into the sweep folder:
+  report.md   a Markdown table per setting: n runs, mean ± std test error %, best validation
+              accuracy, training images/s; then one line per job
+  report.csv  the same per setting, full precision
+  report.png  test error by routing iterations, error bars over seeds, one series per value of
+              the other swept keys (reconstruction off / on for Table 1)
+and prints the table.
+"""
+import csv
+import io
+import json
+import math
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List, Optional
+
+from omegaconf import MISSING
+
+from capsrun.errors import CapsrunError
+
+NOT_SETTINGS = ("seed", "resume")
+X_KEY = "model.routing_iterations"
+MD_COLUMNS = ("setting", "n runs", "test error % (mean ± std)", "best val. accuracy % (mean ± std)", "images/s")
+
+
+@dataclass
+class ReportConfig:
+    """Schema of conf/report.yaml (the comments there explain every key)."""
+
+    sweep_dir: Any = MISSING
+    evaluate: bool = True
+    checkpoint: str = "best"
+    group_by: Optional[List[str]] = None
+    output_dir: Optional[str] = None
+    dpi: int = 100
+
+
+@dataclass
+class Job:
+    """One job of the sweep: its folder, flat config {dotted key: value}, metrics.json and
+    eval.json (None where there is none)."""
+
+    folder: Path
+    config: dict
+    metrics: dict
+    evaluation: Optional[dict]
+
+    @property
+    def name(self):
+        return self.folder.name
+
+
+def _config(args):
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from capsrun.cli import compose
+    from capsrun.config import config_dir
+
+    ConfigStore.instance().store(name="report_schema", node=ReportConfig)
+    if any(arg in ("-h", "--help") for arg in args):
+        print("usage: capsrun report sweep_dir=PATH [key=value ...]\n")
+        print((Path(config_dir()) / "report.yaml").read_text())
+        return None
+    known = list(OmegaConf.structured(ReportConfig).keys())
+    for arg in args:
+        key = arg.partition("=")[0]
+        if key not in known:
+            import difflib
+
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
+            raise CapsrunError(f"unknown key '{key}' for capsrun report; {hint}")
+    quoted = []
+    for arg in args:  # paths may hold '=' (job folders), spaces or brackets: quote them for Hydra
+        key, _, value = arg.partition("=")
+        if key in ("sweep_dir", "output_dir") and value not in ("", "null") and value[:1] not in "'\"":
+            value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        quoted.append(f"{key}={value}")
+    cfg = compose("report", quoted)
+    if OmegaConf.is_missing(cfg, "sweep_dir") or not cfg.sweep_dir:
+        raise CapsrunError("sweep_dir is required: capsrun report sweep_dir=PATH "
+                           "(the folder of a capsrun train -m sweep)")
+    if not 20 <= cfg.dpi <= 600:
+        raise CapsrunError(f"dpi must be in [20, 600], got {cfg.dpi}")
+    return cfg
+
+
+def _natural(text):
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def find_jobs(sweep_dir):
+    """The job folders (with .hydra/config.yaml) anywhere below `sweep_dir`, in natural order."""
+    sweep = Path(sweep_dir).expanduser().absolute()
+    fix = "pass the folder that `capsrun train -m` wrote (outputs/multirun/DATE/TIME)"
+    if not sweep.is_dir():
+        raise CapsrunError(f"sweep_dir {sweep} is not a folder; {fix}")
+    if (sweep / ".hydra" / "config.yaml").is_file():
+        raise CapsrunError(f"{sweep} is a single run, not a sweep; {fix}")
+    jobs = sorted({path.parent.parent for path in sweep.rglob(".hydra/config.yaml")
+                   if ".submitit" not in path.relative_to(sweep).parts},
+                  key=lambda folder: _natural(str(folder.relative_to(sweep))))
+    if not jobs:
+        raise CapsrunError(f"{sweep} holds no job folders (none with .hydra/config.yaml); {fix}")
+    return sweep, jobs
+
+
+def flatten(node, prefix=""):
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _read_json(path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CapsrunError(f"cannot read {path} ({error}); delete it, or rerun what writes it") from None
+
+
+def load_job(folder):
+    """A Job, or None (with a note on stderr) when the job has not finished training."""
+    from omegaconf import OmegaConf
+
+    metrics_file = folder / "metrics.json"
+    metrics = _read_json(metrics_file) if metrics_file.is_file() else {}
+    if metrics.get("status") != "completed":
+        print(f"capsrun report: skipping {folder.name}: training {metrics.get('status', 'not started')}",
+              file=sys.stderr)
+        return None
+    config = flatten(OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "config.yaml"), resolve=True))
+    eval_file = folder / "eval.json"
+    return Job(folder, config, metrics, _read_json(eval_file) if eval_file.is_file() else None)
+
+
+def evaluate_missing(jobs, checkpoint):
+    """Runs `capsrun eval` (its Python function, in this process) on the jobs without eval.json
+    and reads the eval.json it writes."""
+    import contextlib
+
+    missing = [job for job in jobs if job.evaluation is None]
+    if not missing:
+        return
+    from capsrun.eval_run import eval_command
+    from capsrun.sweeps import end_job, start_job
+
+    for number, job in enumerate(missing, 1):
+        print(f"capsrun report: evaluating {job.name} ({number}/{len(missing)}) on its test set",
+              file=sys.stderr, flush=True)
+        start_job()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # eval's per-run report; the table comes below
+                eval_command([f"run_dir={job.folder}", f"checkpoint={checkpoint}"])
+        except CapsrunError as error:
+            raise CapsrunError(f"evaluating {job.folder}: {error} (or report without it: evaluate=false)") from None
+        finally:
+            end_job()
+        job.evaluation = _read_json(job.folder / "eval.json")
+
+
+def _differs(jobs, key):
+    return len({json.dumps(job.config.get(key), sort_keys=True) for job in jobs}) > 1
+
+
+def setting_keys(jobs, group_by=None):
+    """The keys to group by: `group_by`, else every config key whose value differs between the
+    jobs, other than the seed (routing iterations first)."""
+    if group_by:
+        known = set().union(*(job.config for job in jobs))
+        for key in group_by:
+            if key not in known:
+                import difflib
+
+                close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+                raise CapsrunError(f"group_by: no config key '{key}' in the jobs"
+                                   + (f"; did you mean '{close[0]}'?" if close else ""))
+        return list(group_by)
+    keys = sorted(key for key in set().union(*(job.config for job in jobs))
+                  if key not in NOT_SETTINGS and _differs(jobs, key))
+    return sorted(keys, key=lambda key: key != X_KEY)
+
+
+def _sort_value(value):
+    return (0, value, "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, str(value))
+
+
+def _short_names(keys):
+    """Dotted keys shortened to their last part where that stays unambiguous."""
+    leaves = [key.rsplit(".", 1)[-1] for key in keys]
+    return {key: leaf if leaves.count(leaf) == 1 else key for key, leaf in zip(keys, leaves, strict=True)}
+
+
+def _stats(values):
+    values = [value for value in values if value is not None]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return mean, std
+
+
+def summarise(jobs, keys):
+    """One row per setting: the group's values and statistics over its runs (sample std)."""
+    groups = {}
+    for job in jobs:
+        groups.setdefault(tuple(json.dumps(job.config.get(key)) for key in keys), []).append(job)
+    names = _short_names(keys)
+    rows = []
+    for group in groups.values():
+        values = {key: group[0].config.get(key) for key in keys}
+        errors = [job.evaluation.get("test_error_percent") for job in group if job.evaluation]
+        val = [100.0 * job.metrics["best_val_accuracy"] for job in group
+               if job.metrics.get("best_val_accuracy") is not None]
+        rows.append({
+            "setting": ", ".join(f"{names[key]}={values[key]}" for key in keys) or "all jobs",
+            "values": values,
+            "n_runs": len(group),
+            "n_evaluated": len(errors),
+            "seeds": sorted(job.config.get("seed") for job in group),
+            "test_error": _stats(errors),
+            "best_val_accuracy": _stats(val),
+            "best_val_accuracy_max": max(val) if val else None,
+            "images_per_second": _stats([job.metrics.get("images_per_second") for job in group])[0],
+            "jobs": [job.name for job in group],
+        })
+    return sorted(rows, key=lambda row: [_sort_value(row["values"][key]) for key in keys])
+
+
+def _pm(stats, decimals):
+    mean, std = stats
+    if mean is None:
+        return "n/a"
+    return f"{mean:.{decimals}f}" + ("" if std is None else f" ± {std:.{decimals + 1}f}")
+
+
+def markdown_table(rows):
+    lines = ["| " + " | ".join(MD_COLUMNS) + " |", "| --- | ---: | ---: | ---: | ---: |"]
+    for row in rows:
+        n = f"{row['n_runs']}" + ("" if row["n_evaluated"] == row["n_runs"] else f" ({row['n_evaluated']} evaluated)")
+        speed = "n/a" if row["images_per_second"] is None else f"{row['images_per_second']:.0f}"
+        lines.append(f"| {row['setting']} | {n} | {_pm(row['test_error'], 2)} | "
+                     f"{_pm(row['best_val_accuracy'], 2)} | {speed} |")
+    return "\n".join(lines)
+
+
+def markdown_report(sweep, jobs, keys, rows, skipped):
+    evaluated = sum(job.evaluation is not None for job in jobs)
+    seeds = sorted({job.config.get("seed") for job in jobs})
+    lines = [
+        f"# Sweep report: {sweep}", "",
+        f"{len(jobs)} completed jobs ({evaluated} evaluated on the test set"
+        + (f"; {skipped} not finished, left out" if skipped else "") + "), "
+        f"grouped by {', '.join(keys) or 'nothing (no swept key besides the seed)'}; "
+        f"seeds {', '.join(map(str, seeds))}.",
+        "Test error: `capsrun eval` (eval.json) of each job; mean ± sample standard deviation over the runs of a "
+        "setting. Best validation accuracy: each run's best epoch (metrics.json). images/s: training throughput "
+        "of the last epoch, mean over the runs.", "",
+        markdown_table(rows), "", "## Jobs", "",
+        "| job | seed | test error % | best val. accuracy % | images/s | checkpoint step |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for job in jobs:
+        error = job.evaluation.get("test_error_percent") if job.evaluation else None
+        best, speed = job.metrics.get("best_val_accuracy"), job.metrics.get("images_per_second")
+        cells = [job.name, job.config.get("seed"), "n/a" if error is None else f"{error:.2f}",
+                 "n/a" if best is None else f"{100 * best:.2f}", "n/a" if speed is None else f"{speed:.0f}",
+                 job.evaluation.get("step", "n/a") if job.evaluation else "n/a"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_report(rows, keys):
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["setting", *keys, "n_runs", "n_evaluated", "seeds", "test_error_percent_mean",
+                     "test_error_percent_std", "best_val_accuracy_percent_mean", "best_val_accuracy_percent_std",
+                     "best_val_accuracy_percent_max", "images_per_second_mean", "jobs"])
+    for row in rows:
+        cells = [row["test_error"][0], row["test_error"][1], row["best_val_accuracy"][0], row["best_val_accuracy"][1],
+                 row["best_val_accuracy_max"], row["images_per_second"]]
+        numbers = ["" if cell is None else repr(float(cell)) for cell in cells]
+        writer.writerow([row["setting"], *[row["values"][key] for key in keys], row["n_runs"], row["n_evaluated"],
+                         " ".join(map(str, row["seeds"])), *numbers, " ".join(row["jobs"])])
+    return text.getvalue()
+
+
+def _series_label(values):
+    parts = []
+    for key, value in values.items():
+        if key == "loss.recon_weight":
+            parts.append("reconstruction off" if not value else f"reconstruction on ({value})")
+        else:
+            parts.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    return ", ".join(parts) or "all jobs"
+
+
+def figure_png(rows, keys, title, dpi):
+    """report.png: test error (validation error where no job was evaluated) by routing
+    iterations, error bars = std over the runs, one series per value of the other keys."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    use_test = any(row["test_error"][0] is not None for row in rows)
+    x_key = X_KEY if X_KEY in keys else None
+    series = {}
+    for row in rows:
+        rest = {key: value for key, value in row["values"].items() if key != x_key}
+        if use_test:
+            mean, std = row["test_error"]
+        else:
+            mean, std = row["best_val_accuracy"]
+            mean = None if mean is None else 100.0 - mean
+        if mean is not None:
+            x = row["values"][x_key] if x_key else row["setting"]
+            series.setdefault(_series_label(rest) if x_key else "", []).append((x, mean, std or 0.0, row["n_runs"]))
+    figure = Figure(figsize=(6.4, 4.4))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for number, (label, points) in enumerate(series.items()):
+        xs, means, stds, _ = zip(*points, strict=True)
+        offset = (number - (len(series) - 1) / 2) * 0.04 if x_key else 0.0
+        axes.errorbar([x + offset for x in xs] if x_key else list(xs), means, yerr=stds, marker="o", capsize=4,
+                      label=label or None, linestyle="-" if x_key else "none")
+    if x_key:
+        axes.set_xlabel("routing iterations")
+        axes.set_xticks(sorted({row["values"][x_key] for row in rows}))
+    else:
+        axes.tick_params(axis="x", labelrotation=20)
+    runs = sorted({row["n_runs"] for row in rows})
+    axes.set_ylabel(("test" if use_test else "validation (no eval.json)") + " error %")
+    axes.set_title(f"{'Test' if use_test else 'Validation'} error of {title}\n"
+                   f"mean ± std over {'/'.join(map(str, runs))} run(s) per point", fontsize=10)
+    axes.grid(alpha=0.3)
+    if any(series):
+        axes.legend()
+    figure.tight_layout()
+    out = io.BytesIO()
+    figure.savefig(out, format="png", dpi=dpi)
+    return out.getvalue()
+
+
+def _write_atomic(path, data):
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with open(handle, "wb") as stream:
+            stream.write(data.encode() if isinstance(data, str) else data)
+        Path(temporary).replace(path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def report_command(args):
+    cfg = _config(args)
+    if cfg is None:
+        return 0
+    sweep, folders = find_jobs(cfg.sweep_dir)
+    output = Path(cfg.output_dir).expanduser().absolute() if cfg.output_dir else sweep
+    if not output.is_dir() or not _writable(output):
+        raise CapsrunError(f"output_dir {output} is not a writable folder; create it or choose another")
+    loaded = [load_job(folder) for folder in folders]
+    jobs = [job for job in loaded if job is not None]
+    if not jobs:
+        raise CapsrunError(f"no job in {sweep} has finished training (no metrics.json with status completed); "
+                           "wait for the sweep, or resume its jobs with capsrun train resume=JOB_DIR")
+    if cfg.evaluate:
+        evaluate_missing(jobs, cfg.checkpoint)
+    keys = setting_keys(jobs, list(cfg.group_by) if cfg.group_by else None)
+    rows = summarise(jobs, keys)
+    files = {"report.md": markdown_report(sweep, jobs, keys, rows, len(loaded) - len(jobs)),
+             "report.csv": csv_report(rows, keys),
+             "report.png": figure_png(rows, keys, f"{sweep.parent.name}/{sweep.name}", cfg.dpi)}
+    for name, data in files.items():
+        _write_atomic(output / name, data)
+    print(markdown_table(rows))
+    print(f"wrote {', '.join(str(output / name) for name in files)}")
+    return 0
+
+
+def _writable(folder):
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
