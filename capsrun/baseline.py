@@ -19,10 +19,15 @@ class BaselineCNN(keras.Model):
         self.image_shape = tuple(int(s) for s in image_shape)
         self.num_classes = int(num_classes)
         self.num_targets = 1
-        self.convs = [keras.layers.Conv2D(filters, kernel_size, padding="same", activation="relu", name=f"conv{i + 1}")
-                      for i, filters in enumerate(channels)]
+        # Layers are attributes, not lists: tf.train.Checkpoint does not follow Keras' lists.
+        self.layer_names = tuple(f"conv{i + 1}" for i in range(len(channels))) + tuple(
+            f"fc{i + 1}" for i in range(len(fc_units)))
+        for i, filters in enumerate(channels):
+            setattr(self, f"conv{i + 1}", keras.layers.Conv2D(filters, kernel_size, padding="same", activation="relu",
+                                                              name=f"conv{i + 1}"))
+        for i, units in enumerate(fc_units):
+            setattr(self, f"fc{i + 1}", keras.layers.Dense(units, activation="relu", name=f"fc{i + 1}"))
         self.flatten = keras.layers.Flatten()
-        self.fcs = [keras.layers.Dense(units, activation="relu", name=f"fc{i + 1}") for i, units in enumerate(fc_units)]
         self.dropout = keras.layers.Dropout(dropout)
         self.classifier = keras.layers.Dense(self.num_classes, name="classifier")
 
@@ -32,11 +37,10 @@ class BaselineCNN(keras.Model):
 
     def call(self, images, labels=None, training=False):
         features = tf.cast(images, self.compute_dtype)
-        for conv in self.convs:
-            features = conv(features)
-        features = self.flatten(features)
-        for fc in self.fcs:
-            features = fc(features)
+        for name in self.layer_names:
+            if name.startswith("fc") and features.shape.rank > 2:
+                features = self.flatten(features)
+            features = getattr(self, name)(features)
         logits = tf.cast(self.classifier(self.dropout(features, training=training)), tf.float32)
         return {"logits": logits, "lengths": tf.nn.softmax(logits)}
 

@@ -183,7 +183,7 @@ def validate(cfg):
     )
     _check(data.channels in (None, 1, 3), f"data.channels must be null, 1 or 3, got {data.channels}")
     _check(0 < data.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {data.test_fraction}")
-    _check(data.canvas_size is None or data.canvas_size >= 8, f"data.canvas_size must be null or >= 8")
+    _check(data.canvas_size is None or data.canvas_size >= 8, "data.canvas_size must be null or >= 8")
     affine = data.affine
     _check(0 <= affine.rotation_degrees <= 180, "data.affine.rotation_degrees must be in [0, 180]")
     _check(affine.shear >= 0 and affine.translation >= 0, "data.affine.shear and translation must be >= 0")

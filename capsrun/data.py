@@ -144,7 +144,8 @@ def train_dataset(split, batch_size, seed, epoch, shift_pixels, skip_batches=0):
 
     def augment(index, batch):
         if shift_pixels > 0:
-            shifted = random_shift(batch[0], shift_pixels, tf.stack([tf.cast(seed, tf.int64), epoch * 1_000_003 + index]))
+            batch_seed = tf.stack([tf.cast(seed, tf.int64), epoch * 1_000_003 + index])
+            shifted = random_shift(batch[0], shift_pixels, batch_seed)
             batch = (shifted, *batch[1:])
         return batch
 

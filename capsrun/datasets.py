@@ -101,7 +101,8 @@ def load_npz(path):
         with np.load(path) as archive:
             missing = [key for key in IDX_FILES if key not in archive.files]
             if missing:
-                raise CapsrunError(f"{path} lacks {', '.join(missing)}; a data .npz needs x_train, y_train, x_test, y_test")
+                raise CapsrunError(
+                    f"{path} lacks {', '.join(missing)}; a data .npz needs x_train, y_train, x_test, y_test")
             return {key: archive[key] for key in IDX_FILES}
     except (OSError, ValueError, zlib.error, EOFError) as error:
         raise CapsrunError(f"cannot read {path}: {error}") from None

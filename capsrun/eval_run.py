@@ -14,6 +14,7 @@ from typing import Any, List, Optional
 import numpy as np
 from omegaconf import MISSING
 
+from capsrun.atomic import write_bytes_atomic
 from capsrun.errors import CapsrunError
 from capsrun.inspection import (
     check_output_folder,
@@ -25,7 +26,6 @@ from capsrun.inspection import (
     restore_run,
     say,
     test_size_setting,
-    write_bytes_atomic,
     write_tensorboard,
 )
 
@@ -166,7 +166,7 @@ def make_figures(report, outputs, cfg):
 
 def write_outputs(report, outputs, cfg):
     """Writes every file of one run (each one atomically) and its TensorBoard summaries."""
-    from capsrun.runfiles import write_json_atomic
+    from capsrun.atomic import write_json_atomic
 
     run_dir = Path(report["run_dir"])
     pngs = make_figures(report, outputs, cfg)
@@ -281,7 +281,7 @@ def eval_command(args):
         reports.append(report)
         all_outputs.append({key: value for key, value in outputs.items() if key != "images"})
     if len(runs) > 1:
-        from capsrun.runfiles import write_json_atomic
+        from capsrun.atomic import write_json_atomic
 
         result = ensemble(reports, all_outputs)
         print(f"ensemble of {len(runs)} runs (mean capsule lengths): test accuracy {result['ensemble_accuracy']:.2%} "

@@ -238,32 +238,21 @@ def quiet_tensorflow():
 
 
 def restore_model(cfg, image_shape, num_classes, checkpoint):
-    """A CapsNet built from `cfg.model` with the weights of `checkpoint` (a prefix).
-
-    Restored through the same object graph training saves (model + optimizer): the decoder's
-    hidden layers sit in a Python list that tf.train.Checkpoint reaches only through the
-    optimizer's variable list, so a model-only restore would leave them at random values.
-    Every model variable must find its saved value with the same shape, or the config does not
-    match the checkpoint (CapsrunError).
+    """The model built from `cfg.model` with the weights of `checkpoint` (a prefix). Every model
+    weight must find a saved value of the same shape, and the checkpoint may hold no model weight
+    the config does not build; otherwise the config does not match the checkpoint (CapsrunError).
     """
-    import re
-
     import tensorflow as tf
 
     from capsrun.model import build_model
-    from capsrun.runfiles import restore_checkpoint
-    from capsrun.training import make_optimizer
+    from capsrun.runfiles import restore_checkpoint, saved_variable_count
 
     model = build_model(cfg.model, image_shape, num_classes)
-    optimizer = make_optimizer(cfg.optimizer, 1, cfg.trainer.mixed_precision)
-    optimizer.build(model.trainable_variables)
-    expected = len(model.trainable_variables)
-    saved = [re.search(r"^optimizer/(?:.*/)?_trainable_variables/(\d+)/", name)
-             for name, _ in tf.train.list_variables(checkpoint)]
-    if any(int(match.group(1)) >= expected for match in saved if match):
-        raise CapsrunError(f"checkpoint {checkpoint} holds more weights than the model of this config builds; "
-                           "it comes from a run with a different model")
-    restore_checkpoint(tf.train.Checkpoint(model=model, optimizer=optimizer), checkpoint, partial=True)
+    saved = saved_variable_count(checkpoint)
+    if saved != len(model.weights):
+        raise CapsrunError(f"checkpoint {checkpoint} holds {saved} model weights but this config builds "
+                           f"{len(model.weights)}; it comes from a run with a different model")
+    restore_checkpoint(tf.train.Checkpoint(model=model), checkpoint, partial=True)
     return model
 
 
@@ -303,22 +292,6 @@ def restore_run(run_dir, which="best", test_size=None, trainer=None, strategy=No
 # --------------------------------------------------------------------------------------------
 # Output files
 # --------------------------------------------------------------------------------------------
-
-def write_bytes_atomic(path, data):
-    """Writes `data` to a temporary file beside `path`, then renames it over `path`."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's files are private (0600); outputs are not
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
 
 def check_output_folder(folder):
     """Creates `folder` if needed; a folder that cannot be written is a CapsrunError."""

@@ -20,17 +20,17 @@ class Decoder(keras.layers.Layer):
     def __init__(self, hidden_units, image_shape, **kwargs):
         super().__init__(**kwargs)
         self.image_shape = tuple(int(s) for s in image_shape)
-        self.hidden = [
-            keras.layers.Dense(units, activation="relu", name=f"fc{index + 1}")
-            for index, units in enumerate(hidden_units)
-        ]
+        # Layers are attributes, not a list: tf.train.Checkpoint does not follow Keras' lists.
+        self.hidden_names = tuple(f"fc{index + 1}" for index in range(len(hidden_units)))
+        for name, units in zip(self.hidden_names, hidden_units):
+            setattr(self, name, keras.layers.Dense(units, activation="relu", name=name))
         pixels = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
         self.output_layer = keras.layers.Dense(pixels, activation="sigmoid", name="pixels")
 
     def call(self, masked_capsules):
         flat = tf.reshape(masked_capsules, [tf.shape(masked_capsules)[0], -1])
-        for layer in self.hidden:
-            flat = layer(flat)
+        for name in self.hidden_names:
+            flat = getattr(self, name)(flat)
         pixels = tf.cast(self.output_layer(flat), tf.float32)
         return tf.reshape(pixels, [-1, *self.image_shape])
 

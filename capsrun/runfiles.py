@@ -8,7 +8,6 @@ Layout of a run folder (a Hydra output folder):
   train.log          the log
   metrics.json       summary, rewritten atomically after every epoch
 """
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -21,20 +20,6 @@ from capsrun.errors import CapsrunError
 CHECKPOINT_KINDS = ("last", "best")
 
 
-def write_json_atomic(path, data):
-    """Writes JSON to a temporary file in the same folder, then renames it over `path`."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=2, sort_keys=True)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def check_writable(folder):
     """Fails early, before any training, when the run folder cannot be written."""
     folder = Path(folder)
@@ -45,7 +30,8 @@ def check_writable(folder):
             probe.flush()
             os.fsync(probe.fileno())
     except OSError as error:
-        raise CapsrunError(f"run folder {folder} is not writable ({error.strerror}); choose another hydra.run.dir") from None
+        raise CapsrunError(
+            f"run folder {folder} is not writable ({error.strerror}); choose another hydra.run.dir") from None
 
 
 class TrainingProgress(tf.Module):
@@ -96,6 +82,24 @@ def restore_checkpoint(checkpoint, path, partial=False):
             f"checkpoint {path} cannot be restored into this model/config ({detail}); "
             "check that the model settings are unchanged, or delete the damaged checkpoint files"
         ) from None
+
+
+def saved_variable_count(path, child="model"):
+    """How many variables the checkpoint at `path` holds below its root's `child` object (e.g. the
+    model's weights), read from the checkpoint's object graph (variable names show only one of
+    the paths that reach a variable, so they cannot be counted by prefix)."""
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    roots = [ref.node_id for ref in graph.nodes[0].children if ref.local_name == child]
+    seen, stack = set(), list(roots)
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            stack.extend(ref.node_id for ref in graph.nodes[node].children)
+    return sum(1 for node in seen if any(attr.name == "VARIABLE_VALUE" for attr in graph.nodes[node].attributes))
 
 
 def find_checkpoint(run_dir, which="best"):

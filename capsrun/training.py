@@ -18,12 +18,13 @@ import numpy as np
 import tensorflow as tf
 
 from capsrun import data as data_lib
+from capsrun.atomic import write_json_atomic
 from capsrun.config import validate
 from capsrun.distribute import check_batch_size, is_chief, make_strategy, setup_devices, use_jit
 from capsrun.errors import EXIT_DIVERGED, EXIT_INTERRUPTED, CapsrunError
 from capsrun.evaluation import NOT_LOSSES, Evaluator, batch_sums, to_unit_range, unpack
 from capsrun.model import build_model
-from capsrun.runfiles import RunCheckpoints, TrainingProgress, check_writable, write_json_atomic
+from capsrun.runfiles import RunCheckpoints, TrainingProgress, check_writable
 from capsrun.summaries import image_grid, truncate_events, write_final_metrics, write_hparams, write_scalars
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ class Trainer:
             # Keras 3 optimizers must create their slots eagerly under a strategy (keras#23085).
             self.optimizer.build(self.model.trainable_variables)
             self.progress = TrainingProgress()
-        self.checkpoints = RunCheckpoints(run_dir, self.model, self.optimizer, self.progress, cfg.trainer.keep_checkpoints)
+        self.checkpoints = RunCheckpoints(
+            run_dir, self.model, self.optimizer, self.progress, cfg.trainer.keep_checkpoints)
         self.evaluator = Evaluator(
             self.model, cfg.loss, strategy, cfg.trainer.eval_batch_size or cfg.batch_size, jit_compile=jit
         )

@@ -13,6 +13,7 @@ from typing import Any, List, Optional
 import numpy as np
 from omegaconf import MISSING, OmegaConf
 
+from capsrun.atomic import write_bytes_atomic
 from capsrun.errors import CapsrunError
 from capsrun.inspection import (
     check_output_folder,
@@ -20,7 +21,6 @@ from capsrun.inspection import (
     expand_run_dirs,
     restore_run,
     say,
-    write_bytes_atomic,
     write_tensorboard,
 )
 

@@ -5,6 +5,7 @@ import tensorflow as tf
 
 from capsrun.losses import capsule_losses, margin_loss, reconstruction_loss
 from capsrun.model import CapsNet, build_model
+from capsrun.runfiles import saved_variable_count
 from tests.conftest import compose_config
 
 
@@ -71,3 +72,12 @@ def test_total_loss_weights_the_summed_reconstruction_error(smoke_cfg):
     np.testing.assert_allclose(losses["total"].numpy(), [0.0005 * 196.0], rtol=1e-5)
     no_recon = compose_config("loss.recon_weight=0").loss
     assert float(capsule_losses(no_recon, lengths, tf.constant([0]), images, recon, 10)["total"][0]) == 0.0
+
+
+@pytest.mark.parametrize("name", ["capsnet", "baseline_cnn"])
+def test_a_model_only_checkpoint_holds_every_weight(tmp_path, name):
+    cfg = compose_config(f"model={name}", "model.cnn_channels=[4,4,2]", "model.fc_units=[8,4]")
+    model = build_model(cfg.model, (28, 28, 1), 10)
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+    assert saved_variable_count(path) == len(model.weights)
+    assert len(tf.train.list_variables(path)) == len(model.weights) + 2  # + save counter, object graph

@@ -18,7 +18,8 @@ def test_non_editable_install_trains_from_another_directory(tmp_path):
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    where = subprocess.run([sys.executable, "-c", "import capsrun.config as c; print(c.__file__); print(c.config_dir())"],
+    probe = "import capsrun.config as c; print(c.__file__); print(c.config_dir())"
+    where = subprocess.run([sys.executable, "-c", probe],
                            cwd=workdir, env=env, capture_output=True, text=True, check=True).stdout.split()
     assert where[0].startswith(str(target)) and where[1] == str(installed / "conf")
     result = subprocess.run([str(target / "bin" / "capsrun"), "train", "experiment=smoke"], cwd=workdir, env=env,

@@ -1,0 +1,28 @@
+"""Atomic file writes: a temporary file beside the target, renamed over it. A crash leaves either
+the old file or the new one, never half a file (nothing that could be mistaken for a result)."""
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_bytes_atomic(path, data):
+    """Writes `data` to `path` atomically, with the permissions of a normally created file
+    (mkstemp's temporary files are private, 0600)."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path, data):
+    """Writes `data` as indented, key-sorted JSON to `path` atomically."""
+    write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
