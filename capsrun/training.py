@@ -159,7 +159,10 @@ class Trainer:
             write_hparams(self.writer, self.cfg, trial_id=self.run_dir.name)
         if int(self.progress.epoch.numpy()) >= self.cfg.epochs:
             log.info("all %d epochs are already done; raise `epochs` to train longer", self.cfg.epochs)
-            return json.loads((self.run_dir / "metrics.json").read_text())
+            metrics_file = self.run_dir / "metrics.json"
+            if metrics_file.is_file():
+                return json.loads(metrics_file.read_text())
+            return {"status": "completed", "epochs_completed": int(self.progress.epoch.numpy())}
         metrics = {"status": "running", "epochs_completed": int(self.progress.epoch.numpy())}
         with StopRequested() as stop:
             for epoch in range(int(self.progress.epoch.numpy()), self.cfg.epochs):
