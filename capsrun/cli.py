@@ -34,10 +34,29 @@ def _quiet_tensorflow():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+FLAG_VALUES = {flag: None for flag in ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name",
+                                       "-cn", "--config-dir", "-cd", "--experimental-rerun")}
+FLAG_VALUES.update({"--info": INFO_CHOICES, "-i": INFO_CHOICES})
+"""Hydra flags that take a value (None: any value; else the value is optional, one of these)."""
+
+
 def _split_args(args):
-    """(Hydra flags such as -m/--cfg, config overrides)."""
-    flags = [arg for arg in args if arg.startswith("-")]
-    return flags, [arg for arg in args if not arg.startswith("-")]
+    """(Hydra flags such as -m/--cfg with their values, config overrides), in any order:
+    `capsrun train epochs=5 --cfg job` keeps `--cfg job` together."""
+    flags, overrides, index = [], [], 0
+    while index < len(args):
+        arg = args[index]
+        if not arg.startswith("-"):
+            overrides.append(arg)
+        else:
+            flags.append(arg)
+            choices = FLAG_VALUES.get(arg, ())
+            if arg in FLAG_VALUES and index + 1 < len(args) and (choices is None or args[index + 1] in choices):
+                index += 1
+                flags.append(args[index])
+        index += 1
+    return flags, overrides
 
 
 def _parse_overrides(overrides):

@@ -237,3 +237,34 @@ def test_a_missing_launcher_plugin_names_the_extra_to_install(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "pip install 'capsrun[cluster]'" in last_stderr_line(result)
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_table1_experiment_sweeps_12_jobs_and_reports_4_settings_over_3_seeds(tmp_path):
+    """experiment=table1 on a tiny model and data: the 12 jobs of the paper's Table 1, named by
+    the swept values, then the report's 4 rows (routing 1/3 x reconstruction off/on)."""
+    sweep_dir = tmp_path / "table1"
+    # (no list override: TensorFlow globs checkpoint paths, and a "[" in a job folder name breaks them)
+    tiny = ["epochs=1", "batch_size=32", "data.train_size=64", "data.val_size=32", "data.test_size=64",
+            "model.conv1_filters=8", "model.primary_maps=2"]
+    result = run_cli("train", "-m", "experiment=table1", *tiny, f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    names = sorted(folder.name for folder in sweep_dir.iterdir() if (folder / "metrics.json").is_file())
+    assert len(names) == 12 and not any("experiment=" in name for name in names)
+    swept = {re.sub(r"^.*(loss\.recon_weight=[^,]+).*(model\.routing_iterations=\d).*(seed=\d)$", r"\1,\2,\3", name)
+             for name in names}
+    assert swept == {f"loss.recon_weight={w},model.routing_iterations={r},seed={s}"
+                     for w in ("0", "0.0005") for r in (1, 3) for s in (0, 1, 2)}
+    report = run_cli("report", f"sweep_dir={sweep_dir}")
+    assert report.returncode == 0, report.stderr[-3000:]
+    rows = list(csv.DictReader((sweep_dir / "report.csv").open()))
+    assert [(row["model.routing_iterations"], row["loss.recon_weight"], row["n_runs"], row["n_evaluated"])
+            for row in rows] == [(r, w, "3", "3") for r in ("1", "3") for w in ("0.0", "0.0005")]
+
+
+def test_launcher_settings_print_with_overrides_before_cfg():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    result = run_cli("train", "hydra/launcher=submitit_local", "--cfg", "hydra")
+    assert result.returncode == 0, result.stderr[-2000:]
+    launcher = yaml.safe_load(result.stdout)["hydra"]["launcher"]
+    assert launcher["_target_"].endswith("submitit_launcher.LocalLauncher") and "timeout_min" in launcher
