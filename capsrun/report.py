@@ -140,7 +140,11 @@ def load_job(folder):
         print(f"capsrun report: skipping {folder.name}: training {metrics.get('status', 'not started')}",
               file=sys.stderr)
         return None
-    config = flatten(OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "config.yaml"), resolve=True))
+    try:
+        config = flatten(OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "config.yaml"), resolve=True))
+    except Exception as error:  # YAML or interpolation errors of a damaged file
+        raise CapsrunError(f"cannot read {folder / '.hydra' / 'config.yaml'} ({type(error).__name__}); "
+                           "restore it or move the job folder out of the sweep") from None
     eval_file = folder / "eval.json"
     return Job(folder, config, metrics, _read_json(eval_file) if eval_file.is_file() else None)
 
