@@ -1,9 +1,14 @@
-"""`capsrun eval run_dir=PATH`: measures trained runs on the test set, alone and as an ensemble.
+"""`capsrun eval run_dir=PATH`: measures trained runs on their test sets, alone and as an ensemble.
 
-Per run, into its folder: eval.json (the numbers), eval_predictions.csv (every test digit's
-label, prediction and capsule lengths), confusion_matrix.png, misclassified.png, and test/*
-in its TensorBoard. Several runs are also combined into an ensemble that averages their
-capsule lengths (the paper's CIFAR-10 result is an ensemble of 7 models).
+Per run, into its folder: eval.json (the numbers), eval_predictions.csv (every test image's
+label(s), prediction(s) and capsule lengths), misclassified.png, confusion_matrix.png (one label
+per image) and test/* in its TensorBoard. eval.json keeps the test split's numbers at the top
+level (test_accuracy, test_error_percent, ...); every extra test set of the data (affnist: the
+affine set) is evaluated too, its numbers under extra_tests[name] with the same keys, its files
+suffixed `_<name>` and its TensorBoard tags under test/<name>/. MultiMNIST images count as
+correct when their two digits are the two longest capsules; per_class_accuracy is then each
+digit's recall. Several runs are also combined into an ensemble that averages their capsule
+lengths (the paper's CIFAR-10 result is an ensemble of 7 models).
 """
 import csv
 import io
@@ -81,61 +86,119 @@ def device_overrides(cfg):
     return {key: cfg.trainer[key] for key in DEVICE_KEYS if cfg.trainer[key] is not None}
 
 
-def evaluate_run(run_dir, cfg, strategy):
-    """Evaluates one run on its test split under `strategy`.
+def top_classes(lengths, num_targets):
+    """The predicted classes from scores float [N, J]: int [N] (the longest capsule), or for K > 1
+    targets the K longest in increasing class order, int [N, K] (as CapsNet.predict_labels)."""
+    if num_targets == 1:
+        return np.argmax(lengths, axis=-1)
+    return np.sort(np.argsort(-lengths, axis=-1, kind="stable")[:, :num_targets], axis=-1)
 
-    Returns (report, outputs): report = the JSON-ready dict of eval.json; outputs = dict of
-    numpy arrays `labels` int [N], `lengths` float32 [N, J], `predictions` int [N], `images`
-    uint8 [N, H, W, C].
-    """
-    from capsrun.distribute import check_batch_size, use_jit
-    from capsrun.evaluation import Evaluator
 
-    restored = restore_run(run_dir, cfg.checkpoint, cfg.data.test_size, device_overrides(cfg), strategy)
-    run_cfg, test = restored.cfg, restored.splits.test
-    batch_size = cfg.batch_size or run_cfg.trainer.eval_batch_size or run_cfg.batch_size
-    check_batch_size(batch_size, strategy)
-    say(f"capsrun eval: {run_dir}: {len(test):,} test digits, checkpoint {restored.checkpoint}, "
-        f"{strategy.num_replicas_in_sync} replica(s)")
-    evaluator = Evaluator(restored.model, run_cfg.loss, strategy, batch_size, jit_compile=use_jit(run_cfg.trainer))
-    metrics = evaluator.run(test, keep_outputs=True)
-    confusion = metrics["confusion_matrix"]
-    count, correct = int(confusion.sum()), int(np.trace(confusion))
-    per_class = confusion.sum(axis=1)
+def correct_mask(labels, predictions):
+    """bool [N]: labels and predictions int [N], or [N, K] (right when the sets of K classes agree)."""
+    if labels.ndim == 1:
+        return labels == predictions
+    return np.all(np.sort(labels, axis=-1) == np.sort(predictions, axis=-1), axis=-1)
+
+
+def per_class_recall(labels, predictions, num_classes):
+    """(count int [J] of the images holding class k, share float [J] of them whose prediction
+    includes k; None where the count is 0). One label per image: the per-class accuracy; K digits
+    per image: how often digit k is among the K longest capsules when it is present."""
+    labels, predictions = labels.reshape(len(labels), -1), predictions.reshape(len(predictions), -1)
+    classes = np.arange(num_classes)
+    present = np.any(labels[:, :, None] == classes, axis=1)                      # [N, J]
+    found = present & np.any(predictions[:, :, None] == classes, axis=1)         # [N, J]
+    counts, hits = present.sum(axis=0), found.sum(axis=0)
+    return ([int(count) for count in counts],
+            [None if count == 0 else float(hit) / float(count) for hit, count in zip(hits, counts, strict=True)])
+
+
+def set_report(metrics, labels):
+    """eval.json's numbers for one test set: Evaluator metrics (with kept outputs) and its labels
+    int [N] or [N, K]. The confusion matrix only for one label per image."""
+    predictions = metrics["predictions"]
+    right = correct_mask(labels, predictions)
+    count, correct = len(right), int(right.sum())
+    counts, recall = per_class_recall(labels, predictions, metrics["lengths"].shape[1])
     report = {
-        "run_dir": str(run_dir),
-        "checkpoint": restored.checkpoint,
-        "step": restored.step,
         "num_examples": count,
         "test_accuracy": correct / count,
         "test_error_percent": 100.0 * (count - correct) / count,
         "num_misclassified": count - correct,
-        "per_class_accuracy": [None if total == 0 else float(confusion[k, k]) / float(total)
-                               for k, total in enumerate(per_class)],
-        "per_class_count": [int(total) for total in per_class],
-        "confusion_matrix": confusion.tolist(),
+        "per_class_accuracy": recall,
+        "per_class_count": counts,
         "reconstruction_error": metrics.get("reconstruction_error"),  # None for a model without decoder
         **{key: value for key, value in metrics.items() if key.endswith("loss")},  # loss and its terms
+    }
+    if "confusion_matrix" in metrics:
+        report["confusion_matrix"] = metrics["confusion_matrix"].tolist()
+    return report
+
+
+def evaluate_run(run_dir, cfg, strategy):
+    """Evaluates one run on its test split and every extra test set (affnist: "affine").
+
+    Returns (report, sets): report = the JSON-ready dict of eval.json (the test split's numbers at
+    the top level, each extra set's under extra_tests[name]); sets = {"test" or the extra set's
+    name: outputs}, outputs = numpy arrays `labels` int [N] (or [N, K] for K digits per image),
+    `lengths` float32 [N, J], `predictions` int [N] (or [N, K]), `images` uint8 [N, H, W, C].
+    """
+    from capsrun.distribute import check_batch_size, use_jit
+    from capsrun.evaluation import Evaluator
+
+    restored = restore_run(run_dir, cfg.checkpoint, cfg.data.test_size, device_overrides(cfg), strategy,
+                           multi_digit=True)
+    run_cfg, splits = restored.cfg, restored.splits
+    batch_size = cfg.batch_size or run_cfg.trainer.eval_batch_size or run_cfg.batch_size
+    check_batch_size(batch_size, strategy)
+    extra = "".join(f" + {len(split):,} {name}" for name, split in splits.extra_tests.items())
+    say(f"capsrun eval: {run_dir}: {len(splits.test):,} test images{extra}, checkpoint {restored.checkpoint}, "
+        f"{strategy.num_replicas_in_sync} replica(s)")
+    evaluator = Evaluator(restored.model, run_cfg.loss, strategy, batch_size, jit_compile=use_jit(run_cfg.trainer))
+    reports, sets = {}, {}
+    for name, split in {"test": splits.test, **splits.extra_tests}.items():
+        metrics = evaluator.run(split, keep_outputs=True)
+        reports[name] = set_report(metrics, split.labels)
+        sets[name] = {"labels": split.labels, "lengths": metrics["lengths"], "predictions": metrics["predictions"],
+                      "images": split.images}
+    report = {
+        "run_dir": str(run_dir),
+        "checkpoint": restored.checkpoint,
+        "step": restored.step,
+        "model": run_cfg.model.name,
+        "data": run_cfg.data.name,
+        "digits_per_image": splits.num_targets,
+        **reports.pop("test"),
+        "extra_tests": reports,
         "test_size": run_cfg.data.test_size,
         "batch_size": batch_size,
         "replicas": strategy.num_replicas_in_sync,
     }
-    outputs = {"labels": test.labels, "lengths": metrics["lengths"], "predictions": metrics["predictions"],
-               "images": test.images}
-    return report, outputs
+    return report, sets
 
 
 def predictions_csv(outputs):
-    """index,label,predicted,confidence,runner_up,length_0..length_{J-1}: one row per test digit."""
-    lengths = outputs["lengths"]
-    order = np.argsort(-lengths, axis=1, kind="stable")
+    """One row per test image. One label per image: index,label,predicted,confidence,runner_up,
+    length_0..length_{J-1}; K digits per image: index,label_1..label_K,predicted_1..predicted_K
+    (the K longest capsules, increasing class order),correct,length_0..length_{J-1}."""
+    lengths, labels, predictions = outputs["lengths"], outputs["labels"], outputs["predictions"]
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["index", "label", "predicted", "confidence", "runner_up",
-                     *[f"length_{k}" for k in range(lengths.shape[1])]])
-    for index, (label, row, ranked) in enumerate(zip(outputs["labels"], lengths, order, strict=True)):
-        writer.writerow([index, int(label), int(ranked[0]), f"{row[ranked[0]]:.6f}", int(ranked[1]),
-                         *[f"{value:.6f}" for value in row]])
+    length_columns = [f"length_{k}" for k in range(lengths.shape[1])]
+    if labels.ndim == 1:
+        order = np.argsort(-lengths, axis=1, kind="stable")
+        writer.writerow(["index", "label", "predicted", "confidence", "runner_up", *length_columns])
+        for index, (label, row, ranked) in enumerate(zip(labels, lengths, order, strict=True)):
+            writer.writerow([index, int(label), int(ranked[0]), f"{row[ranked[0]]:.6f}", int(ranked[1]),
+                             *[f"{value:.6f}" for value in row]])
+        return text.getvalue().encode()
+    digits = labels.shape[1]
+    writer.writerow(["index", *[f"label_{k + 1}" for k in range(digits)],
+                     *[f"predicted_{k + 1}" for k in range(digits)], "correct", *length_columns])
+    right = correct_mask(labels, predictions)
+    for index, (label, predicted, ok, row) in enumerate(zip(labels, predictions, right, lengths, strict=True)):
+        writer.writerow([index, *map(int, label), *map(int, predicted), int(ok), *[f"{value:.6f}" for value in row]])
     return text.getvalue().encode()
 
 
@@ -144,99 +207,138 @@ def run_title(run_dir):
     return "/".join(parts[-2:]) if len(parts) >= 2 else str(run_dir)
 
 
-def make_figures(report, outputs, cfg):
-    """{file name: PNG bytes} for confusion_matrix.png and misclassified.png."""
+def set_suffix(name):
+    """File-name suffix and TensorBoard prefix of a test set: ("", "test") for the test split,
+    ("_affine", "test/affine") for the extra set "affine"."""
+    return ("", "test") if name == "test" else (f"_{name}", f"test/{name}")
+
+
+def make_figures(numbers, outputs, name, title, cfg):
+    """{figure: PNG bytes} for test set `name` (numbers: its part of eval.json): misclassified,
+    and confusion_matrix for one label per image."""
     from capsrun import figures
 
-    title = run_title(report["run_dir"])
-    confusion_title = (f"{title}: {report['num_examples'] - report['num_misclassified']:,} of "
-                       f"{report['num_examples']:,} test digits correct\n(accuracy "
-                       f"{report['test_accuracy']:.2%}, error {report['test_error_percent']:.2f}%)")
-    confusion = figures.confusion_matrix_figure(np.asarray(report["confusion_matrix"]), confusion_title)
-    wrong = np.flatnonzero(outputs["predictions"] != outputs["labels"])
+    what = "test images" if name == "test" else f"{name} test images"
+    pngs = {}
+    if "confusion_matrix" in numbers:
+        confusion_title = (f"{title}: {numbers['num_examples'] - numbers['num_misclassified']:,} of "
+                           f"{numbers['num_examples']:,} {what} correct\n(accuracy "
+                           f"{numbers['test_accuracy']:.2%}, error {numbers['test_error_percent']:.2f}%)")
+        pngs["confusion_matrix"] = figures.to_png(
+            figures.confusion_matrix_figure(np.asarray(numbers["confusion_matrix"]), confusion_title), cfg.dpi)
+    labels, predictions = outputs["labels"], outputs["predictions"]
+    wrong = np.flatnonzero(~correct_mask(labels, predictions))
     shown = wrong[: cfg.max_misclassified]
-    lengths = outputs["lengths"]
-    grid = figures.misclassified_figure(
-        outputs["images"][shown], outputs["labels"][shown], outputs["predictions"][shown],
-        lengths[shown, outputs["predictions"][shown]], shown, len(wrong), title,
-    )
-    return {"confusion_matrix.png": figures.to_png(confusion, cfg.dpi),
-            "misclassified.png": figures.to_png(grid, cfg.dpi)}
+    chosen = predictions[shown].reshape(len(shown), -1)
+    confidences = np.take_along_axis(outputs["lengths"][shown], chosen, axis=1).reshape(predictions[shown].shape)
+    grid = figures.misclassified_figure(outputs["images"][shown], labels[shown], predictions[shown], confidences,
+                                        shown, len(wrong), title if name == "test" else f"{title} ({name} test set)")
+    pngs["misclassified"] = figures.to_png(grid, cfg.dpi)
+    return pngs
 
 
-def write_outputs(report, outputs, cfg):
-    """Writes every file of one run (each one atomically) and its TensorBoard summaries."""
+def write_outputs(report, sets, cfg):
+    """Writes every file of one run (each one atomically) and its TensorBoard summaries; returns
+    the names of the files written."""
     from capsrun.atomic import write_json_atomic
 
     run_dir = Path(report["run_dir"])
-    pngs = make_figures(report, outputs, cfg)
-    files = {"eval.json": run_dir / "eval.json", "eval_predictions.csv": run_dir / "eval_predictions.csv",
-             **{name: run_dir / name for name in pngs}}
-    for name, png in pngs.items():
-        write_bytes_atomic(files[name], png)
-    write_bytes_atomic(files["eval_predictions.csv"], predictions_csv(outputs))
-    write_json_atomic(files["eval.json"], report)
+    scalars, images, written = {}, {}, ["eval.json"]
+    for name, outputs in sets.items():
+        numbers = report if name == "test" else report["extra_tests"][name]
+        suffix, tag = set_suffix(name)
+        pngs = make_figures(numbers, outputs, name, run_title(run_dir), cfg)
+        for figure, png in pngs.items():
+            write_bytes_atomic(run_dir / f"{figure}{suffix}.png", png)
+            images[f"{tag}/{figure}"] = png
+        write_bytes_atomic(run_dir / f"eval_predictions{suffix}.csv", predictions_csv(outputs))
+        written += [f"eval_predictions{suffix}.csv", *[f"{figure}{suffix}.png" for figure in pngs]]
+        scalars.update({f"{tag}/accuracy": numbers["test_accuracy"], f"{tag}/error_percent":
+                        numbers["test_error_percent"], f"{tag}/loss": numbers["loss"]})
+        if numbers["reconstruction_error"] is not None:
+            scalars[f"{tag}/reconstruction_error"] = numbers["reconstruction_error"]
+        scalars.update({f"{tag}/per_class_accuracy/{k}": value
+                        for k, value in enumerate(numbers["per_class_accuracy"]) if value is not None})
+    write_json_atomic(run_dir / "eval.json", report)
     if cfg.tensorboard:
-        scalars = {"test/accuracy": report["test_accuracy"], "test/error_percent": report["test_error_percent"],
-                   "test/loss": report["loss"]}
-        if report["reconstruction_error"] is not None:
-            scalars["test/reconstruction_error"] = report["reconstruction_error"]
-        scalars.update({f"test/per_class_accuracy/{k}": value
-                        for k, value in enumerate(report["per_class_accuracy"]) if value is not None})
-        write_tensorboard(run_dir, report["step"], scalars,
-                          {"test/confusion_matrix": pngs["confusion_matrix.png"],
-                           "test/misclassified": pngs["misclassified.png"]})
-    return files
+        write_tensorboard(run_dir, report["step"], scalars, images)
+    return written
 
 
 def format_report(report):
-    """The human-readable summary of one run printed on stdout."""
-    confusion = np.asarray(report["confusion_matrix"])
-    classes = confusion.shape[0]
-    width = max(4, len(str(confusion.max())) + 1)
+    """The human-readable summary of one run printed on stdout: the test split in full, then one
+    line per extra test set."""
+    digits = report["digits_per_image"]
     per_class = "  ".join(f"{k}: {'n/a' if v is None else f'{v:.1%}'}"
                           for k, v in enumerate(report["per_class_accuracy"]))
     lines = [
         f"run {report['run_dir']}",
         f"  checkpoint            {report['checkpoint']} (step {report['step']})",
-        f"  test digits           {report['num_examples']:,}",
+        f"  test digits           {report['num_examples']:,}" if digits == 1 else
+        f"  test images           {report['num_examples']:,} ({digits} digits each; correct = both are the "
+        f"{digits} longest capsules)",
         f"  test accuracy         {report['test_accuracy']:.2%} (error {report['test_error_percent']:.2f}%, "
         f"{report['num_misclassified']:,} misclassified)",
         f"  reconstruction error  {report['reconstruction_error']:.5f} (mean squared error per pixel)"
         if report["reconstruction_error"] is not None else "  reconstruction error  n/a (the model has no decoder)",
-        f"  per-class accuracy    {per_class}",
-        "  confusion matrix (rows: true class, columns: predicted class)",
-        "      " + "".join(f"{k:>{width}}" for k in range(classes)),
+        f"  per-class accuracy    {per_class}" if digits == 1 else f"  per-digit recall      {per_class}",
     ]
-    lines += [f"  {k:>3} " + "".join(f"{value:>{width}}" for value in row) for k, row in enumerate(confusion)]
+    for name, numbers in report["extra_tests"].items():
+        lines.append(f"  {name + ' test set':<22}accuracy {numbers['test_accuracy']:.2%} (error "
+                     f"{numbers['test_error_percent']:.2f}%, {numbers['num_misclassified']:,} of "
+                     f"{numbers['num_examples']:,} misclassified)")
+    if "confusion_matrix" in report:
+        confusion = np.asarray(report["confusion_matrix"])
+        width = max(4, len(str(confusion.max())) + 1)
+        lines += ["  confusion matrix (rows: true class, columns: predicted class)",
+                  "      " + "".join(f"{k:>{width}}" for k in range(confusion.shape[0]))]
+        lines += [f"  {k:>3} " + "".join(f"{value:>{width}}" for value in row) for k, row in enumerate(confusion)]
     return "\n".join(lines)
 
 
-def ensemble(reports, outputs):
-    """Averages the capsule lengths [N, J] of all runs; the runs must share their test set."""
-    labels = outputs[0]["labels"]
-    for report, output in zip(reports[1:], outputs[1:], strict=True):
-        if len(output["labels"]) != len(labels) or not np.array_equal(output["labels"], labels):
-            raise CapsrunError(f"{report['run_dir']} was evaluated on other test digits than {reports[0]['run_dir']}; "
-                               "an ensemble needs the same test set (set data.test_size for all)")
-    mean_lengths = np.mean([output["lengths"] for output in outputs], axis=0)
-    predicted = np.argmax(mean_lengths, axis=-1)
-    classes = mean_lengths.shape[1]
-    confusion = np.zeros((classes, classes), dtype=np.int64)
-    np.add.at(confusion, (labels, predicted), 1)
-    correct, count = int(np.trace(confusion)), len(labels)
-    members = [report["test_accuracy"] for report in reports]
-    return {
+def ensemble_set(members, labels, num_targets):
+    """Averages the capsule lengths [N, J] of the members' outputs on one test set; the K longest
+    mean lengths are the prediction. Returns its JSON-ready numbers."""
+    mean_lengths = np.mean([output["lengths"] for output in members], axis=0)
+    predicted = top_classes(mean_lengths, num_targets)
+    right = correct_mask(labels, predicted)
+    count, correct = len(labels), int(right.sum())
+    numbers = {"num_examples": count, "ensemble_accuracy": correct / count,
+               "ensemble_error_percent": 100.0 * (count - correct) / count}
+    if labels.ndim == 1:
+        classes = mean_lengths.shape[1]
+        confusion = np.zeros((classes, classes), dtype=np.int64)
+        np.add.at(confusion, (labels, predicted), 1)
+        numbers["confusion_matrix"] = confusion.tolist()
+    return numbers
+
+
+def ensemble(reports, all_sets):
+    """The ensemble of several runs on their shared test sets (they must hold the same images)."""
+    first = all_sets[0]
+    for report, sets in zip(reports[1:], all_sets[1:], strict=True):
+        for name, outputs in first.items():
+            other = sets.get(name, {}).get("labels")
+            if other is None or other.shape != outputs["labels"].shape or not np.array_equal(other, outputs["labels"]):
+                raise CapsrunError(f"{report['run_dir']} was evaluated on other {name} images than "
+                                   f"{reports[0]['run_dir']}; an ensemble needs the same test set (set data.test_size "
+                                   "for all, and the same data)")
+    digits = reports[0]["digits_per_image"]
+    result = {
         "runs": [report["run_dir"] for report in reports],
         "checkpoints": [report["checkpoint"] for report in reports],
-        "num_examples": count,
-        "ensemble_accuracy": correct / count,
-        "ensemble_error_percent": 100.0 * (count - correct) / count,
-        "member_accuracies": members,
-        "mean_member_accuracy": float(np.mean(members)),
-        "best_member_accuracy": float(np.max(members)),
-        "confusion_matrix": confusion.tolist(),
+        **ensemble_set([sets["test"] for sets in all_sets], first["test"]["labels"], digits),
+        "member_accuracies": [report["test_accuracy"] for report in reports],
+        "extra_tests": {},
     }
+    result["mean_member_accuracy"] = float(np.mean(result["member_accuracies"]))
+    result["best_member_accuracy"] = float(np.max(result["member_accuracies"]))
+    for name in first:
+        if name != "test":
+            result["extra_tests"][name] = {
+                **ensemble_set([sets[name] for sets in all_sets], first[name]["labels"], digits),
+                "member_accuracies": [report["extra_tests"][name]["test_accuracy"] for report in reports]}
+    return result
 
 
 def ensemble_path(cfg):
@@ -272,21 +374,26 @@ def eval_command(args):
     for run in runs:
         check_output_folder(run)
     strategy = make_strategy_for(runs[0], cfg)
-    reports, all_outputs = [], []
+    reports, all_sets = [], []
     for run in runs:
-        report, outputs = evaluate_run(run, cfg, strategy)
-        write_outputs(report, outputs, cfg)
+        report, sets = evaluate_run(run, cfg, strategy)
+        written = write_outputs(report, sets, cfg)
         print(format_report(report))
-        print(f"  wrote {run / 'eval.json'}, eval_predictions.csv, confusion_matrix.png, misclassified.png", flush=True)
+        print(f"  wrote {run / written[0]}, {', '.join(written[1:])}", flush=True)
         reports.append(report)
-        all_outputs.append({key: value for key, value in outputs.items() if key != "images"})
+        all_sets.append({name: {key: value for key, value in outputs.items() if key != "images"}
+                         for name, outputs in sets.items()})
     if len(runs) > 1:
         from capsrun.atomic import write_json_atomic
 
-        result = ensemble(reports, all_outputs)
+        result = ensemble(reports, all_sets)
         print(f"ensemble of {len(runs)} runs (mean capsule lengths): test accuracy {result['ensemble_accuracy']:.2%} "
               f"(error {result['ensemble_error_percent']:.2f}%); members: "
               + ", ".join(f"{value:.2%}" for value in result["member_accuracies"]))
+        for name, numbers in result["extra_tests"].items():
+            print(f"  {name} test set: ensemble accuracy {numbers['ensemble_accuracy']:.2%} (error "
+                  f"{numbers['ensemble_error_percent']:.2f}%); members: "
+                  + ", ".join(f"{value:.2%}" for value in numbers["member_accuracies"]))
         if target is not None:
             write_json_atomic(target, result)
             print(f"  wrote {target}")

@@ -88,12 +88,24 @@ def confusion_matrix_figure(confusion, title):
     return figure
 
 
-def misclassified_figure(images, labels, predicted, confidences, indices, total_wrong, title):
-    """A grid of misclassified digits, 10 per row, each captioned "#index: true -> predicted".
+def _classes(value):
+    """A class int, or K classes int [K] -> "3" or "(3,7)"."""
+    value = np.asarray(value)
+    return str(int(value)) if value.ndim == 0 else "(" + ",".join(str(int(k)) for k in value) + ")"
 
-    images: [N, H, W(, 1)]; labels, predicted, indices: int [N]; confidences: float [N], the
-    length of the predicted capsule. Size: 11.0 x (0.8 + 1.3 * rows) inches, rows =
-    ceil(N / 10), at least 1 (a note when nothing is misclassified).
+
+def _lengths(value):
+    value = np.asarray(value)
+    return f"{float(value):.2f}" if value.ndim == 0 else ", ".join(f"{float(v):.2f}" for v in value)
+
+
+def misclassified_figure(images, labels, predicted, confidences, indices, total_wrong, title):
+    """A grid of misclassified images, 10 per row, each captioned "#index: true -> predicted".
+
+    images: [N, H, W(, C)]; indices: int [N]; labels, predicted: int [N], or int [N, K] for K
+    digits per image (shown as pairs); confidences: float [N] (or [N, K]), the lengths of the
+    predicted capsules. Size: 11.0 x (0.8 + 1.3 * rows) inches, rows = ceil(N / 10), at least 1
+    (a note when nothing is misclassified).
     """
     count = len(images)
     rows = max(1, math.ceil(count / GRID_COLUMNS))
@@ -106,23 +118,24 @@ def misclassified_figure(images, labels, predicted, confidences, indices, total_
             axis.axis("off")
             continue
         _show(axis, images[slot])
-        axis.set_title(f"#{indices[slot]}: {labels[slot]} \u2192 {predicted[slot]}\n({confidences[slot]:.2f})",
-                       fontsize=8, color="firebrick")
+        axis.set_title(f"#{indices[slot]}: {_classes(labels[slot])} \u2192 {_classes(predicted[slot])}\n"
+                       f"({_lengths(confidences[slot])})", fontsize=8 if np.ndim(labels) == 1 else 7,
+                       color="firebrick")
+    what = "test digits" if np.ndim(labels) == 1 else "test images"
     if count == 0:
-        axes[0, 0].text(0.0, 0.5, "no misclassified test digits", fontsize=12, transform=axes[0, 0].transAxes)
+        axes[0, 0].text(0.0, 0.5, f"no misclassified {what}", fontsize=12, transform=axes[0, 0].transAxes)
     shown = f"all {count}" if count == total_wrong else f"the first {count} of {total_wrong}"
-    _suptitle(figure, title, f"Misclassified test digits ({shown}): #test index: true \u2192 predicted class "
-              "(length of the predicted capsule)")
+    classes = "class" if np.ndim(labels) == 1 else "classes"
+    _suptitle(figure, title, f"Misclassified {what} ({shown}): #test index: true \u2192 predicted {classes} "
+              f"(length of the predicted capsule{'' if np.ndim(labels) == 1 else 's'})")
     return figure
 
 
-def reconstructions_figure(images, reconstructions, labels, predicted, indices):
-    """Pairs of rows: test digits above their reconstructions from the predicted capsule.
-
-    images, reconstructions: [N, H, W(, 1)]; labels, predicted, indices: int [N].
-    Size: 11.0 x (0.8 + 2.3 * groups) inches, groups = ceil(N / 10).
-    """
-    count = len(images)
+def _paired_rows(tops, bottoms, top_titles, bottom_titles, wrong, row_names, caption):
+    """Pairs of rows, 10 images per row: tops [N, H, W(, C)] above bottoms [N, H, W(, C)], each
+    titled; bottom titles red where wrong (bool [N]). Size: 11.0 x (0.8 + 2.3 * groups) inches,
+    groups = ceil(N / 10)."""
+    count = len(tops)
     groups = max(1, math.ceil(count / GRID_COLUMNS))
     height = 0.8 + 2.3 * groups
     figure, axes = plt.subplots(2 * groups, GRID_COLUMNS, figsize=(1.1 * GRID_COLUMNS, height), squeeze=False)
@@ -135,16 +148,61 @@ def reconstructions_figure(images, reconstructions, labels, predicted, indices):
                 top.axis("off")
                 bottom.axis("off")
                 continue
-            _show(top, images[slot])
-            _show(bottom, reconstructions[slot])
-            top.set_title(f"#{indices[slot]}: {labels[slot]}", fontsize=8)
-            wrong = predicted[slot] != labels[slot]
-            bottom.set_title(f"as {predicted[slot]}", fontsize=8, color="firebrick" if wrong else "black")
-        axes[2 * group, 0].set_ylabel("test digit", fontsize=8)
-        axes[2 * group + 1, 0].set_ylabel("reconstruction", fontsize=8)
-    _suptitle(figure, "Test digits (#index: true class) and the decoder's reconstruction from the predicted "
-              "digit capsule (as: predicted class; red = wrong)")
+            _show(top, tops[slot])
+            _show(bottom, bottoms[slot])
+            top.set_title(top_titles[slot], fontsize=8)
+            bottom.set_title(bottom_titles[slot], fontsize=8, color="firebrick" if wrong[slot] else "black")
+        axes[2 * group, 0].set_ylabel(row_names[0], fontsize=8)
+        axes[2 * group + 1, 0].set_ylabel(row_names[1], fontsize=8)
+    _suptitle(figure, caption)
     return figure
+
+
+def reconstructions_figure(images, reconstructions, labels, predicted, indices):
+    """Pairs of rows: test digits above their reconstructions from the predicted capsule.
+
+    images, reconstructions: [N, H, W(, 1)]; labels, predicted, indices: int [N].
+    Size: 11.0 x (0.8 + 2.3 * groups) inches, groups = ceil(N / 10).
+    """
+    return _paired_rows(
+        images, reconstructions, [f"#{index}: {label}" for index, label in zip(indices, labels, strict=True)],
+        [f"as {value}" for value in predicted], np.asarray(predicted) != np.asarray(labels),
+        ("test digit", "reconstruction"),
+        "Test digits (#index: true class) and the decoder's reconstruction from the predicted digit capsule "
+        "(as: predicted class; red = wrong)")
+
+
+OVERLAY_BACKGROUND = 0.35
+"""Brightness of the grey input under the coloured reconstructions of a Figure 5 overlay."""
+
+
+def colour_overlay(image, reconstructions):
+    """The paper's Figure 5 picture of one image: the input in dim grey, the reconstruction of the
+    first digit added to the red channel and that of the second to the green one (overlap: yellow).
+
+    image: float [H, W, 1] in [0, 1]; reconstructions: float [2, H, W, 1]. Returns float [H, W, 3].
+    """
+    grey = OVERLAY_BACKGROUND * np.asarray(image, np.float32)[..., 0]
+    first, second = (np.asarray(part, np.float32)[..., 0] for part in reconstructions)
+    return np.clip(np.stack([grey + first, grey + second, grey], axis=-1), 0.0, 1.0)
+
+
+def multimnist_figure(images, reconstructions, labels, predicted, indices):
+    """The paper's Figure 5: MultiMNIST test images above the two digits reconstructed separately,
+    each from its own capsule, in red and green over the input in grey.
+
+    images: float [N, H, W, 1]; reconstructions: float [N, 2, H, W, 1] from the capsules of
+    predicted[:, 0] (red) and predicted[:, 1] (green); labels, predicted: int [N, 2]; indices: int
+    [N]. Size: 11.0 x (0.8 + 2.3 * groups) inches, groups = ceil(N / 10).
+    """
+    overlays = [colour_overlay(image, pair) for image, pair in zip(images, reconstructions, strict=True)]
+    wrong = [sorted(map(int, label)) != sorted(map(int, guess)) for label, guess in zip(labels, predicted, strict=True)]
+    return _paired_rows(
+        images, overlays, [f"#{index} L:{_classes(label)}" for index, label in zip(indices, labels, strict=True)],
+        [f"R:{_classes(guess)}" for guess in predicted], wrong, ("test image", "reconstructions"),
+        "MultiMNIST test images (#index, L: the two true digits) and each digit reconstructed from its own "
+        "capsule, R: the two longest capsules, first in red, second in green (yellow where they overlap), over "
+        "the input in grey; red caption = not both digits right (Sabour et al. 2017, Figure 5)")
 
 
 def perturbations_figure(panels, deltas):
@@ -188,9 +246,10 @@ def perturbations_figure(panels, deltas):
 
 
 def capsule_lengths_figure(images, lengths, labels, indices, m_plus=0.9, m_minus=0.1):
-    """A bar chart of the J capsule lengths per digit, with the digit itself inset.
+    """A bar chart of the J capsule lengths per image, with the image itself inset.
 
-    images: [N, H, W(, 1)]; lengths: float [N, J]; labels, indices: int [N].
+    images: [N, H, W(, 1)]; lengths: float [N, J]; indices: int [N]; labels: int [N], or int
+    [N, K] for K digits per image (the K longest capsules are then the prediction).
     Panels sit 5 per row. Size: (3.0 * columns) x (0.9 + 2.4 * rows) inches.
     """
     lengths = np.asarray(lengths)
@@ -205,9 +264,11 @@ def capsule_lengths_figure(images, lengths, labels, indices, m_plus=0.9, m_minus
         if slot >= count:
             axis.axis("off")
             continue
-        winner = int(np.argmax(lengths[slot]))
+        truth = np.atleast_1d(labels[slot])
+        winners = np.sort(np.argsort(-lengths[slot], kind="stable")[: len(truth)])
         colours = ["tab:gray"] * classes
-        colours[winner] = "tab:green" if winner == labels[slot] else "tab:red"
+        for winner in winners:
+            colours[winner] = "tab:green" if winner in truth else "tab:red"
         axis.bar(range(classes), lengths[slot], color=colours)
         axis.axhline(m_plus, color="tab:blue", linestyle="--", linewidth=0.8, label=f"m+ = {m_plus}")
         axis.axhline(m_minus, color="tab:orange", linestyle=":", linewidth=0.8, label=f"m- = {m_minus}")
@@ -218,10 +279,11 @@ def capsule_lengths_figure(images, lengths, labels, indices, m_plus=0.9, m_minus
         axis.set_xlabel("class", fontsize=8)
         if slot % columns == 0:
             axis.set_ylabel("capsule length", fontsize=8)
-        axis.set_title(f"test #{indices[slot]}: true {labels[slot]}, predicted {winner}", fontsize=9)
+        axis.set_title(f"test #{indices[slot]}: true {_classes(labels[slot])}, predicted "
+                       f"{_classes(winners if len(truth) > 1 else winners[0])}", fontsize=9)
         inset = axis.inset_axes([0.01, 0.71, 0.2, 0.28])  # above the bars, which end at 1.0
         _show(inset, images[slot])
     axes[0, 0].legend(loc="upper right", fontsize=6, frameon=False)
     _suptitle(figure, "Length of each digit capsule = the network's confidence that the class is present "
-              "(green: correct winner, red: wrong)")
+              "(green: correct winner, red: wrong; with several digits per image, the longest capsules win)")
     return figure

@@ -188,9 +188,10 @@ class RestoredRun:
     """A trained run, ready to use.
 
     run_dir: the run folder. cfg: its config (with the command's test_size applied).
-    model: the CapsNet with the checkpoint's weights (images float [B, H, W, C] in [0, 1]).
-    checkpoint: the restored checkpoint prefix; step: its global step.
-    splits: the run's data splits (uint8 images [N, H, W, C], int32 labels [N]).
+    model: the CapsNet (or baseline CNN) with the checkpoint's weights (images float [B, H, W, C]
+    in [0, 1]). checkpoint: the restored checkpoint prefix; step: its global step.
+    splits: the run's data splits (uint8 images [N, H, W, C], int32 labels [N], or [N, K] with
+    `components` [N, K, H, W, C] for K digits per image), with any `extra_tests` (affnist: "affine").
     """
 
     run_dir: Path
@@ -237,17 +238,18 @@ def quiet_tensorflow():
     logging.getLogger("absl").setLevel(logging.ERROR)
 
 
-def restore_model(cfg, image_shape, num_classes, checkpoint):
-    """The model built from `cfg.model` with the weights of `checkpoint` (a prefix). Every model
-    weight must find a saved value of the same shape, and the checkpoint may hold no model weight
-    the config does not build; otherwise the config does not match the checkpoint (CapsrunError).
+def restore_model(cfg, image_shape, num_classes, checkpoint, num_targets=1):
+    """The model built from `cfg.model` for `num_targets` digits per image, with the weights of
+    `checkpoint` (a prefix). Every model weight must find a saved value of the same shape, and the
+    checkpoint may hold no model weight the config does not build; otherwise the config does not
+    match the checkpoint (CapsrunError).
     """
     import tensorflow as tf
 
     from capsrun.model import build_model
     from capsrun.runfiles import restore_checkpoint, saved_variable_count
 
-    model = build_model(cfg.model, image_shape, num_classes)
+    model = build_model(cfg.model, image_shape, num_classes, num_targets)
     saved = saved_variable_count(checkpoint)
     if saved != len(model.weights):
         raise CapsrunError(f"checkpoint {checkpoint} holds {saved} model weights but this config builds "
@@ -256,12 +258,14 @@ def restore_model(cfg, image_shape, num_classes, checkpoint):
     return model
 
 
-def restore_run(run_dir, which="best", test_size=None, trainer=None, strategy=None):
+def restore_run(run_dir, which="best", test_size=None, trainer=None, strategy=None, multi_digit=False):
     """Restores `run_dir` with its checkpoint `which` (best | last | PATH); `test_size` and
     `trainer` as in `load_config`.
 
     The model is built under `strategy.scope()` when a strategy is given (for distributed
-    evaluation), else on the default device. Returns a RestoredRun.
+    evaluation), else on the default device. A run trained on several digits per image
+    (MultiMNIST) is restored only for a caller that handles them (`multi_digit=True`: eval and
+    visualize; predict and export take one digit per image). Returns a RestoredRun.
     """
     from capsrun.data import load_splits
     from capsrun.runfiles import find_checkpoint
@@ -273,9 +277,9 @@ def restore_run(run_dir, which="best", test_size=None, trainer=None, strategy=No
     splits = load_splits(cfg.data, cfg.seed)
     if len(splits.test) == 0:
         raise CapsrunError(f"the test set of {run_dir} is empty; check data.path")
-    if splits.test.labels.ndim != 1:
-        raise CapsrunError(f"run {run_dir} was trained on images holding several digits; eval, visualize, "
-                           "predict and export handle one digit per image")
+    if splits.num_targets != 1 and not multi_digit:
+        raise CapsrunError(f"run {run_dir} was trained on images holding {splits.num_targets} digits; this "
+                           "command takes one digit per image (capsrun eval and visualize handle such runs)")
     import keras
 
     keras.mixed_precision.set_global_policy(
@@ -283,9 +287,9 @@ def restore_run(run_dir, which="best", test_size=None, trainer=None, strategy=No
     )
     if strategy is not None:
         with strategy.scope():
-            model = restore_model(cfg, splits.image_shape, splits.num_classes, path)
+            model = restore_model(cfg, splits.image_shape, splits.num_classes, path, splits.num_targets)
     else:
-        model = restore_model(cfg, splits.image_shape, splits.num_classes, path)
+        model = restore_model(cfg, splits.image_shape, splits.num_classes, path, splits.num_targets)
     return RestoredRun(run_dir, cfg, model, path, checkpoint_step(path), splits)
 
 

@@ -1,9 +1,15 @@
 """`capsrun visualize run_dir=PATH`: what a trained run's digit capsules hold.
 
+One digit per image (MNIST, affnist, ...):
 reconstructions.png  test digits beside the decoder's reconstruction from the predicted capsule
 perturbations.png    Figure 4 of the paper: each dimension of the winning capsule shifted over
                      [-range, +range], the decoder redrawing the digit for every shift
 capsule_lengths.png  the J capsule lengths of the chosen digits
+Two digits per image (MultiMNIST):
+multimnist_reconstructions.png  Figure 5 of the paper: each test image above its two digits
+                     reconstructed separately from the two longest capsules, in red and green
+                     over the input in grey
+capsule_lengths.png  the J capsule lengths of the chosen images (the two longest win)
 The same figures go to the run's TensorBoard under visualize/.
 """
 from dataclasses import dataclass, field
@@ -103,6 +109,74 @@ def perturbation_grids(model, images, deltas):
     return grids.numpy(), capsules.numpy(), predicted.numpy()
 
 
+def single_digit_figures(restored, cfg, deltas):
+    """{file name: PNG bytes}: reconstructions.png, perturbations.png and capsule_lengths.png of a
+    run with one digit per image."""
+    from capsrun import figures
+    from capsrun.evaluation import to_unit_range
+
+    model, test = restored.model, restored.splits.test
+    indices = choose_indices(None if cfg.indices is None else OmegaConf.to_container(cfg.indices),
+                             test.labels, restored.num_classes)
+    say(f"capsrun visualize: {restored.run_dir}: checkpoint {restored.checkpoint}, digits {indices}")
+    shown = np.arange(min(cfg.num_reconstructions, len(test)))
+    images = to_unit_range(test.images[shown])
+    outputs = model(images, training=False)
+    predicted = np.argmax(outputs["lengths"].numpy(), axis=-1)
+    pngs = {"reconstructions.png": figures.to_png(figures.reconstructions_figure(
+        images.numpy(), outputs["reconstructions"].numpy(), test.labels[shown], predicted, shown), cfg.dpi)}
+
+    chosen = to_unit_range(test.images[indices]).numpy()
+    grids, capsules, winners = perturbation_grids(model, chosen, deltas)
+    panels = [{"grid": grid, "index": index, "label": int(test.labels[index]), "predicted": int(winner)}
+              for grid, index, winner in zip(grids, indices, winners, strict=True)]
+    pngs["perturbations.png"] = figures.to_png(figures.perturbations_figure(panels, deltas), cfg.dpi)
+    lengths = model.lengths(capsules).numpy()
+    pngs["capsule_lengths.png"] = figures.to_png(figures.capsule_lengths_figure(
+        chosen, lengths, test.labels[indices], indices, restored.cfg.loss.m_plus, restored.cfg.loss.m_minus), cfg.dpi)
+    return pngs
+
+
+def separate_reconstructions(model, images):
+    """Each digit of multi-digit images reconstructed alone, from its own capsule.
+
+    images: float32 [N, H, W, C] in [0, 1]. Returns (reconstructions float32 [N, K, H, W, C],
+    predicted int32 [N, K]: the K longest capsules in increasing class order, lengths float32
+    [N, J]); reconstructions[:, k] comes from the capsule of predicted[:, k] alone.
+    """
+    import tensorflow as tf
+
+    capsules = model.capsules(tf.convert_to_tensor(images), training=False)
+    lengths = model.lengths(capsules)
+    predicted = model.predict_labels(lengths)
+    return model.reconstruct(capsules, predicted).numpy(), predicted.numpy(), lengths.numpy()
+
+
+def multi_digit_figures(restored, cfg):
+    """{file name: PNG bytes}: multimnist_reconstructions.png (Figure 5) of `indices` (else the
+    first num_reconstructions test images) and capsule_lengths.png of `indices` (else the first
+    10) for a run with several digits per image."""
+    from capsrun import figures
+    from capsrun.evaluation import to_unit_range
+
+    test = restored.splits.test
+    if cfg.indices is None:
+        shown = list(range(min(cfg.num_reconstructions, len(test))))
+        charted = shown[:10]
+    else:
+        shown = charted = choose_indices(OmegaConf.to_container(cfg.indices), test.labels, restored.num_classes)
+    say(f"capsrun visualize: {restored.run_dir}: checkpoint {restored.checkpoint}, test images {shown}")
+    images = to_unit_range(test.images[shown]).numpy()
+    reconstructions, predicted, lengths = separate_reconstructions(restored.model, images)
+    pngs = {"multimnist_reconstructions.png": figures.to_png(figures.multimnist_figure(
+        images, reconstructions, test.labels[shown], predicted, shown), cfg.dpi)}
+    count = len(charted)  # the first images of `shown`
+    pngs["capsule_lengths.png"] = figures.to_png(figures.capsule_lengths_figure(
+        images[:count], lengths[:count], test.labels[charted], charted, restored.cfg.loss.m_plus,
+        restored.cfg.loss.m_minus), cfg.dpi)
+    return pngs
+
+
 def visualize_command(args):
     from capsrun.eval_run import check_dpi
     from capsrun.inspection import test_size_setting
@@ -121,33 +195,15 @@ def visualize_command(args):
     test_size_setting(cfg.data.test_size, None)
     output_dir = check_output_folder(Path(cfg.output_dir).expanduser() if cfg.output_dir else run_dir)
     from capsrun import figures
-    from capsrun.evaluation import to_unit_range
 
-    restored = restore_run(run_dir, cfg.checkpoint, cfg.data.test_size)
-    model, test = restored.model, restored.splits.test
-    if not hasattr(model, "capsules"):
+    restored = restore_run(run_dir, cfg.checkpoint, cfg.data.test_size, multi_digit=True)
+    if not hasattr(restored.model, "capsules"):
         raise CapsrunError(f"run {run_dir} trained a {restored.cfg.model.name}, which has no capsules to look "
                            "inside; capsrun visualize needs a CapsNet run")
-    indices = choose_indices(None if cfg.indices is None else OmegaConf.to_container(cfg.indices),
-                             test.labels, restored.num_classes)
-    say(f"capsrun visualize: {run_dir}: checkpoint {restored.checkpoint}, digits {indices}")
-
-    shown = np.arange(min(cfg.num_reconstructions, len(test)))
-    images = to_unit_range(test.images[shown])
-    outputs = model(images, training=False)
-    predicted = np.argmax(outputs["lengths"].numpy(), axis=-1)
-    pngs = {"reconstructions.png": figures.to_png(figures.reconstructions_figure(
-        images.numpy(), outputs["reconstructions"].numpy(), test.labels[shown], predicted, shown), cfg.dpi)}
-
-    chosen = to_unit_range(test.images[indices]).numpy()
-    grids, capsules, winners = perturbation_grids(model, chosen, deltas)
-    panels = [{"grid": grid, "index": index, "label": int(test.labels[index]), "predicted": int(winner)}
-              for grid, index, winner in zip(grids, indices, winners, strict=True)]
-    pngs["perturbations.png"] = figures.to_png(figures.perturbations_figure(panels, deltas), cfg.dpi)
-    lengths = model.lengths(capsules).numpy()
-    pngs["capsule_lengths.png"] = figures.to_png(figures.capsule_lengths_figure(
-        chosen, lengths, test.labels[indices], indices, restored.cfg.loss.m_plus, restored.cfg.loss.m_minus), cfg.dpi)
-
+    if restored.splits.num_targets == 1:
+        pngs = single_digit_figures(restored, cfg, deltas)
+    else:
+        pngs = multi_digit_figures(restored, cfg)
     for name, png in pngs.items():
         write_bytes_atomic(output_dir / name, png)
     if cfg.tensorboard:
