@@ -120,9 +120,22 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
 
 
+GLOB_SAFE = str.maketrans({"[": "(", "]": ")", "*": "x", "?": "_"})
+
+
+def glob_safe(name):
+    """A folder name without glob characters: TensorFlow's checkpoint functions match paths as
+    glob patterns, so a job folder named `model.decoder_units=[16,32]` would hide its checkpoints.
+    Used by conf/config.yaml as ${glob_safe:${hydra.job.override_dirname}}."""
+    return str(name).translate(GLOB_SAFE)
+
+
 def register_configs():
-    """Registers the schema as `capsrun_schema`, the first entry of conf/config.yaml's defaults."""
+    """Registers the schema as `capsrun_schema`, the first entry of conf/config.yaml's defaults,
+    and the `glob_safe` resolver used in job folder names."""
     ConfigStore.instance().store(name="capsrun_schema", node=Config)
+    if not OmegaConf.has_resolver("glob_safe"):
+        OmegaConf.register_new_resolver("glob_safe", glob_safe)
 
 
 def config_dir():
