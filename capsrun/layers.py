@@ -7,6 +7,11 @@ All capsule arithmetic runs in float32, also under a mixed-precision policy.
 import keras
 import tensorflow as tf
 
+W_STDDEV = 0.1
+"""Initial spread of the digit-capsule weights W. With 0.01 the initial digit capsules are so
+short that their gradients fall below Adam's epsilon and the full model stays at chance for the
+first epoch (measured: 7.8% validation accuracy after 25 steps of batch 128, against 73% with 0.1)."""
+
 EPSILON = 1e-7
 """Added under square roots so that a zero vector has a finite length and finite gradients."""
 
@@ -176,7 +181,7 @@ class DigitCaps(keras.layers.Layer):
         self.kernel = self.add_weight(
             name="W",
             shape=(self.num_inputs, self.num_capsules, self.dim, self.input_dim),
-            initializer=keras.initializers.RandomNormal(stddev=0.01),
+            initializer=keras.initializers.RandomNormal(stddev=W_STDDEV),
             dtype="float32",
         )
 

@@ -12,7 +12,7 @@ Shapes: B batch, I primary capsules (1152 on MNIST), J classes, K = 8 and D = 16
 import keras
 import tensorflow as tf
 
-from capsrun.layers import EPSILON
+from capsrun.layers import EPSILON, W_STDDEV
 from capsrun.losses import capsule_losses
 
 
@@ -34,7 +34,7 @@ class PlainDigitCaps(keras.layers.Layer):
         self.num_inputs, self.input_dim = int(input_shape[1]), int(input_shape[2])
         self.kernel = self.add_weight(
             name="W", shape=(self.num_inputs, self.num_capsules, self.dim, self.input_dim),
-            initializer=keras.initializers.RandomNormal(stddev=0.01), dtype="float32",
+            initializer=keras.initializers.RandomNormal(stddev=W_STDDEV), dtype="float32",
         )
 
     def call(self, inputs):
