@@ -7,7 +7,7 @@ DEMO_DIR ?= outputs/demo
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo train test test-all lint tensorboard
+.PHONY: help install demo train bench test test-all lint tensorboard
 
 help: ## Show this list of targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ demo: install ## Train the full CapsNet for one epoch on 6,000 bundled MNIST dig
 
 train: install ## Train with Hydra overrides, e.g. make train ARGS="epochs=50 model.routing_iterations=1"
 	$(CAPSRUN) train $(ARGS)
+
+bench: install ## Speed on this machine: train/eval img/s vs a plain reference CapsNet and the conv-only bound (bench.json), e.g. make bench ARGS="batch_sizes=[128]"
+	$(CAPSRUN) bench $(ARGS)
 
 test: install ## Run the test suite (minutes; slow tests skipped)
 	$(PY) -m pytest -m "not slow" $(ARGS)

@@ -18,6 +18,7 @@ commands:
   visualize  reconstructions, capsule-dimension perturbations (Figure 4) and capsule lengths (run_dir=PATH)
   predict classify PNG/JPEG/.npy digits with a trained run (run_dir=PATH images=[a.png,b.png])
   export  write a run's model as a TensorFlow SavedModel (run_dir=PATH)
+  bench   train/eval speed on this machine vs a plain reference CapsNet and the conv-only bound
   report  table, CSV and plot of a sweep: mean +- std test error per setting over seeds (sweep_dir=PATH)
 
 examples:
@@ -251,6 +252,7 @@ COMMANDS = {
     "visualize": ("capsrun.visualize", "visualize_command"),
     "predict": ("capsrun.predict", "predict_command"),
     "export": ("capsrun.export", "export_command"),
+    "bench": ("capsrun.bench", "bench_command"),
     "report": ("capsrun.report", "report_command"),
 }
 """Subcommand -> (module, function taking the remaining arguments and returning an exit code).

@@ -1,0 +1,403 @@
+"""`capsrun bench` (`make bench`): how fast capsrun trains and evaluates on this machine.
+
+conf/bench.yaml configures it. In one process and one run, for every batch size:
+- capsrun train / eval: the CapsNet's training step (forward, margin + reconstruction loss,
+  backward, Adam update: the step of `capsrun train` without its tf.distribute wrapper) and its
+  evaluation step (forward, losses, predictions), on a real batch of the training pipeline;
+- reference train / eval: the same steps for capsrun.reference.ReferenceCapsNet, a CapsNet
+  written the plain way with the same parameters, weights and loss;
+- conv-only bound: conv1 and the primary-capsule convolution forward and backward, nothing
+  else: what any CapsNet of this architecture needs at least on this machine;
+- digit caps capsrun / reference: the capsule layer alone (prediction vectors + routing,
+  forward and backward), the timing split that shows where the two networks differ;
+- input pipeline: the training tf.data pipeline alone (order, random shifts, batches).
+The steps are timed round-robin (see `measure_interleaved`); ms/step is the median of
+`timed_steps` steps after `warmup_steps`, images/s = batch size / median. Memory: the peak
+resident set size of the process during each row's warm-up (Linux; elsewhere the peak since the
+process started) and, on a GPU, TensorFlow's peak device memory. The table goes to stdout,
+everything to `output` (JSON).
+"""
+import gc
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List
+
+from capsrun.config import DataConfig, LossConfig, ModelConfig, OptimizerConfig, TrainerConfig
+from capsrun.errors import CapsrunError
+
+PROC_STATUS = Path("/proc/self/status")
+CLEAR_REFS = Path("/proc/self/clear_refs")
+ROWS = [  # (key, label); measurements of every batch size
+    ("capsrun_train", "capsrun train"),
+    ("capsrun_eval", "capsrun eval"),
+    ("reference_train", "reference train"),
+    ("reference_eval", "reference eval"),
+    ("conv_only", "conv-only bound (fwd+bwd)"),
+    ("digit_caps_capsrun", "digit caps capsrun (fwd+bwd)"),
+    ("digit_caps_reference", "digit caps reference (fwd+bwd)"),
+    ("pipeline", "input pipeline"),
+]
+RATIOS = [  # (key, label, numerator row, denominator row, format)
+    ("train_vs_reference", "capsrun train vs reference", "capsrun_train", "reference_train", "{:.2f}x"),
+    ("eval_vs_reference", "capsrun eval vs reference", "capsrun_eval", "reference_eval", "{:.2f}x"),
+    ("train_of_conv_bound", "capsrun train / conv-only bound", "capsrun_train", "conv_only", "{:.0%}"),
+    ("digit_caps_vs_reference", "digit caps capsrun vs reference", "digit_caps_capsrun", "digit_caps_reference",
+     "{:.2f}x"),
+    ("pipeline_vs_train", "input pipeline / capsrun train", "pipeline", "capsrun_train", "{:.0f}x"),
+]
+
+
+@dataclass
+class BenchConfig:
+    """Schema of conf/bench.yaml (the comments there explain every key)."""
+
+    batch_sizes: List[int] = field(default_factory=lambda: [32, 128])
+    warmup_steps: int = 3
+    timed_steps: int = 10
+    include_eval: bool = True
+    include_reference: bool = True
+    include_conv_bound: bool = True
+    include_digit_caps: bool = True
+    pipeline_batches: int = 100
+    seed: int = 0
+    output: str = "bench.json"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def bench_command(args):
+    """`capsrun bench [key=value ...]`: measures, prints the table, writes the JSON; returns 0."""
+    if any(arg in ("-h", "--help") for arg in args):
+        from capsrun.config import config_dir
+
+        print("usage: capsrun bench [key=value ...]\n")
+        print((Path(config_dir()) / "bench.yaml").read_text())
+        return 0
+    flags = [arg for arg in args if arg.startswith("-")]
+    if flags:
+        raise CapsrunError(f"unknown option {flags[0]}; capsrun bench takes key=value settings (see --help)")
+    cfg = compose_bench(args)
+    output = Path(cfg.output).expanduser()
+    _check_writable(output)
+    report = run_bench(cfg)
+    report["command"] = " ".join(["capsrun bench", *args])
+    print(format_table(report))
+    from capsrun.atomic import write_json_atomic
+
+    write_json_atomic(output, report)
+    print(f"\nwritten: {output}")
+    return 0
+
+
+def compose_bench(overrides):
+    """conf/bench.yaml on the typed schema with `overrides`, checked."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from capsrun.cli import compose
+    from capsrun.config import Config, validate
+
+    ConfigStore.instance().store(name="bench_schema", node=BenchConfig)
+    cfg = compose("bench", overrides)
+    for key in ("warmup_steps", "timed_steps", "pipeline_batches"):
+        if cfg[key] < 1:
+            raise CapsrunError(f"{key} must be >= 1, got {cfg[key]}")
+    if not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
+        raise CapsrunError(f"batch_sizes must be a non-empty list of sizes >= 1, got {list(cfg.batch_sizes)}")
+    if cfg.model.name != "capsnet":
+        raise CapsrunError(f"capsrun bench measures CapsNets; model.name must be 'capsnet', got '{cfg.model.name}'")
+    train_view = OmegaConf.merge(OmegaConf.structured(Config), {
+        "seed": cfg.seed, "batch_size": max(cfg.batch_sizes),
+        **{group: cfg[group] for group in ("data", "model", "loss", "optimizer", "trainer")},
+    })
+    validate(train_view)
+    return cfg
+
+
+def _check_writable(output):
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output.parent):
+            pass
+    except OSError as error:
+        raise CapsrunError(f"cannot write {output} ({error.strerror}); set output=PATH") from None
+
+
+def _say(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_bench(cfg):
+    """All measurements of `cfg`; returns the report (a JSON-ready dict)."""
+    from capsrun import data as data_lib
+    from capsrun.distribute import setup_devices, use_jit
+
+    setup_devices(cfg.trainer, cfg.seed)
+    splits = data_lib.load_splits(cfg.data, cfg.seed)
+    if splits.num_targets != 1:
+        raise CapsrunError("capsrun bench needs one label per image; choose another data set than multimnist")
+    if len(splits.train) < max(cfg.batch_sizes):
+        raise CapsrunError(f"only {len(splits.train)} training images for batch size {max(cfg.batch_sizes)}")
+    jit = use_jit(cfg.trainer)
+    report = {"machine": machine_info(), "load_average_before": list(os.getloadavg()), "config": {
+        "batch_sizes": list(cfg.batch_sizes), "warmup_steps": cfg.warmup_steps, "timed_steps": cfg.timed_steps,
+        "mixed_precision": cfg.trainer.mixed_precision, "jit_compile": jit, "data": cfg.data.name,
+        "routing_iterations": cfg.model.routing_iterations,
+    }}
+    by_size = {}
+    for batch_size in sorted(set(cfg.batch_sizes), reverse=True):  # the largest first, in a fresh process
+        batch = next(iter(data_lib.train_dataset(splits.train, batch_size, cfg.seed, 0, cfg.data.shift_pixels)))
+        results = {"batch_size": batch_size}
+        results.update(measure_interleaved(_contestants(cfg, splits, batch, batch_size, jit, report),
+                                           batch_size, cfg.warmup_steps, cfg.timed_steps))
+        _say(f"batch {batch_size}: input pipeline")
+        results["pipeline"] = measure_pipeline(
+            data_lib.train_dataset(splits.train, batch_size, cfg.seed, 1, cfg.data.shift_pixels),
+            batch_size, cfg.pipeline_batches)
+        results["ratios"] = {key: results[top]["images_per_second"] / results[bottom]["images_per_second"]
+                             for key, _, top, bottom, _ in RATIOS if top in results and bottom in results}
+        by_size[batch_size] = results
+    report["results"] = [by_size[batch_size] for batch_size in cfg.batch_sizes]
+    report["load_average_after"] = list(os.getloadavg())
+    report["peak_rss_mib_process"] = _process_peak_mib()
+    return report
+
+
+def _contestants(cfg, splits, batch, batch_size, jit, report):
+    """[(row, compiled step, its input)] of one batch size: capsrun's, then the reference's."""
+    import keras
+    import tensorflow as tf
+
+    from capsrun.evaluation import unpack
+    from capsrun.model import build_model
+    from capsrun.reference import build_reference
+    from capsrun.training import make_optimizer
+
+    keras.backend.clear_session()
+    gc.collect()
+    steps_per_epoch = max(len(splits.train) // batch_size, 1)
+    model = build_model(cfg.model, splits.image_shape, splits.num_classes)
+    report["parameters"] = int(model.count_params())
+    primary = model.primary_caps(model.conv1(unpack(batch)[0]))  # u [B, I, K]: input of the digit-caps rows
+    networks = [("capsrun", model)]
+    if cfg.include_reference:
+        reference = build_reference(cfg.model, splits.image_shape, splits.num_classes)
+        reference.copy_weights(model)
+        networks.append(("reference", reference))
+    rows = []
+    for name, network in networks:
+        optimizer = make_optimizer(cfg.optimizer, steps_per_epoch, cfg.trainer.mixed_precision)
+        steps = model_steps(network, cfg.loss, optimizer, batch_size)
+        rows.append((f"{name}_train", steps["train"], batch))
+        if cfg.include_eval:
+            rows.append((f"{name}_eval", steps["eval"], batch))
+        if cfg.include_conv_bound and network is model:
+            rows.append(("conv_only", steps["conv_only"], batch))
+        if cfg.include_digit_caps:
+            rows.append((f"digit_caps_{name}", steps["digit_caps"], primary))
+    return [(key, tf.function(step, jit_compile=jit, reduce_retracing=True), inputs) for key, step, inputs in rows]
+
+
+def model_steps(model, loss_cfg, optimizer, batch_size):
+    """The steps timed for `model`, as Python functions returning one scalar (fetching it makes
+    sure the work is done):
+      train(batch)      the training step of `capsrun train`: forward, losses, backward, Adam update;
+      eval(batch)       the evaluation step: forward, losses, predictions;
+      conv_only(batch)  conv1 and the primary-capsule convolution forward and backward (the
+                        gradients of their weights, as in training), nothing else (CapsNet only);
+      digit_caps(u)     the digit-capsule layer forward and backward (gradients of u and W) on
+                        primary capsules u float32 [B, I, K].
+    A batch is (uint8 images [B, H, W, C], int32 labels [B]) from the training pipeline."""
+    import tensorflow as tf
+
+    from capsrun.evaluation import batch_sums, unpack
+
+    def train(batch):
+        images, labels, components = unpack(batch)
+        variables = model.trainable_variables
+        with tf.GradientTape() as tape:
+            outputs = model(images, labels=labels, training=True)
+            loss = batch_sums(model, loss_cfg, outputs, images, labels, components)["loss"] / batch_size
+            scaled_loss = optimizer.scale_loss(loss)
+        optimizer.apply_gradients(zip(tape.gradient(scaled_loss, variables), variables))
+        return loss
+
+    def evaluate(batch):
+        images, labels, components = unpack(batch)
+        outputs = model(images, training=False)
+        return batch_sums(model, loss_cfg, outputs, images, labels, components)["loss"]
+
+    def conv_only(batch):
+        convs = [model.conv1, model.primary_caps.conv]
+        with tf.GradientTape() as tape:
+            features = convs[1](convs[0](tf.cast(unpack(batch)[0], model.compute_dtype)))
+            loss = tf.reduce_sum(tf.cast(features, tf.float32))
+        gradients = tape.gradient(loss, [v for conv in convs for v in conv.trainable_variables])
+        return tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32)) for g in gradients])
+
+    def digit_caps(inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            loss = tf.reduce_sum(tf.square(model.digit_caps(inputs)))
+        return tf.add_n([tf.reduce_sum(g) for g in tape.gradient(loss, [inputs, model.digit_caps.kernel])])
+
+    return {"train": train, "eval": evaluate, "conv_only": conv_only, "digit_caps": digit_caps}
+
+
+def measure_interleaved(rows, batch_size, warmup, timed):
+    """Times the steps of `rows` [(row, step, input)] round-robin, so that every row sees the same
+    machine (another process that slows one round slows all rows alike; the ratios stay fair).
+
+    Each row first runs `warmup` untimed steps alone (the first traces the step); its memory
+    peak is taken over them. Then `timed` rounds run each step once; each step fetches its
+    scalar result, so that its work is done. Returns {row: ms per step (median, min, max, all),
+    images/s, CPU cores busy on average, peak memory}."""
+    results = {}
+    for key, step, inputs in rows:
+        _say(f"batch {batch_size}: {key} (warm-up)")
+        resettable = _reset_peak()
+        for _ in range(warmup):
+            step(inputs).numpy()
+        results[key] = {"peak_rss_mib": _peak_mib(), "peak_rss_scope": "measurement" if resettable else "process"}
+        device_peak = _gpu_peak_mib()
+        if device_peak is not None:
+            results[key]["peak_gpu_mib"] = device_peak
+    seconds = {key: [] for key, _, _ in rows}
+    cpu_seconds = {key: [] for key, _, _ in rows}
+    _say(f"batch {batch_size}: {timed} timed rounds of {len(rows)} steps")
+    for _ in range(timed):
+        for key, step, inputs in rows:
+            start, cpu_start = time.perf_counter(), time.process_time()
+            step(inputs).numpy()
+            seconds[key].append(time.perf_counter() - start)
+            cpu_seconds[key].append(time.process_time() - cpu_start)
+    for key, times in seconds.items():
+        median = statistics.median(times)
+        results[key].update({
+            "ms_per_step": 1000 * median, "ms_per_step_min": 1000 * min(times),
+            "ms_per_step_max": 1000 * max(times), "ms_per_step_all": [1000 * t for t in times],
+            "images_per_second": batch_size / median, "cpu_cores_busy": sum(cpu_seconds[key]) / sum(times),
+        })
+    return results
+
+
+def measure_pipeline(dataset, batch_size, batches):
+    """Images/s of iterating `dataset` alone for `batches` batches after its first one (which
+    pays for the start-up); stops early at the end of the epoch."""
+    iterator = iter(dataset)
+    next(iterator)
+    count, start = 0, time.perf_counter()
+    for _ in range(batches):
+        try:
+            next(iterator)
+        except StopIteration:
+            break
+        count += 1
+    seconds = time.perf_counter() - start
+    return {"images_per_second": count * batch_size / seconds, "batches": count,
+            "ms_per_batch": 1000 * seconds / max(count, 1)}
+
+
+def _reset_peak():
+    """Resets the kernel's peak-RSS counter of this process (Linux); False where it cannot."""
+    import tensorflow as tf
+
+    for device in tf.config.list_logical_devices("GPU")[:1]:
+        tf.config.experimental.reset_memory_stats(device.name)
+    try:
+        CLEAR_REFS.write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_mib():
+    """Peak resident set size (VmHWM) in MiB since the last reset, else since the start."""
+    try:
+        for line in PROC_STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return _process_peak_mib()
+
+
+def _process_peak_mib():
+    """Peak resident set size in MiB since the process started."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def _gpu_peak_mib():
+    """TensorFlow's peak memory on the first GPU in MiB since the last reset; None without GPU."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    if not gpus:
+        return None
+    return tf.config.experimental.get_memory_info(gpus[0].name)["peak"] / 2**20
+
+
+def machine_info():
+    """CPU model and cores, GPUs, Python, TensorFlow and its thread settings on this machine."""
+    import tensorflow as tf
+
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    models = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    return {
+        "cpu": models[0] if models else platform.processor() or platform.machine(),
+        "cpu_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "gpus": [d.name for d in tf.config.list_physical_devices("GPU")], "python": platform.python_version(),
+        "tensorflow": tf.__version__, "platform": platform.platform(),
+        "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default"),
+        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+    }
+
+
+def format_table(report):
+    """The report as a text table: one row per measurement, one column group per batch size."""
+    machine, config, results = report["machine"], report["config"], report["results"]
+    device = ", ".join(machine["gpus"]) or f"{machine['cpu']}, {machine['cpu_cores']} CPU cores"
+    lines = [
+        f"capsrun bench: {device}, TensorFlow {machine['tensorflow']}, precision {config['mixed_precision']}, "
+        f"XLA {'on' if config['jit_compile'] else 'off'}",
+        f"CapsNet with {report['parameters']:,} parameters, {config['routing_iterations']} routing iterations; "
+        f"ms/step = median of {config['timed_steps']} steps after {config['warmup_steps']} warm-up steps",
+        "",
+        f"{'':32}" + "".join(f"{'batch ' + str(r['batch_size']):>28}" for r in results),
+        f"{'':32}" + f"{'img/s':>9}{'ms/step':>9}{'peak MiB':>10}" * len(results),
+    ]
+    for key, label in ROWS:
+        if not any(key in r for r in results):
+            continue
+        cells = ""
+        for r in results:
+            entry = r.get(key)
+            if entry is None:
+                cells += f"{'-':>28}"
+                continue
+            step_ms = entry.get("ms_per_step", entry.get("ms_per_batch"))
+            peak = entry.get("peak_rss_mib")
+            cells += f"{entry['images_per_second']:9.1f}{step_ms:9.1f}" + (f"{peak:10.0f}" if peak else f"{'-':>10}")
+        lines.append(f"{label:32}{cells}")
+    lines.append("")
+    for key, label, _, _, form in RATIOS:
+        if any(key in r["ratios"] for r in results):
+            lines.append(f"{label:32}" + "".join(
+                f"{form.format(r['ratios'][key]) if key in r['ratios'] else '-':>28}" for r in results))
+    load = report["load_average_before"][0]
+    if load > 0.25 * machine["cpu_cores"]:
+        lines += ["", f"note: the machine was busy (load average {load:.1f} on {machine['cpu_cores']} cores before "
+                      "the run): absolute numbers are pessimistic; the interleaved ratios suffer less"]
+    return "\n".join(lines)
