@@ -23,6 +23,7 @@ from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
+from capsrun.atomic import write_bytes_atomic
 from capsrun.errors import CapsrunError
 
 NOT_SETTINGS = ("seed", "resume")
@@ -225,6 +226,9 @@ def summarise(jobs, keys):
     for group in groups.values():
         values = {key: group[0].config.get(key) for key in keys}
         errors = [job.evaluation.get("test_error_percent") for job in group if job.evaluation]
+        extra = {name: _stats([job.evaluation["extra_tests"][name]["test_error_percent"] for job in group
+                               if name in (job.evaluation or {}).get("extra_tests", {})])
+                 for name in sorted({n for job in group for n in (job.evaluation or {}).get("extra_tests", {})})}
         val = [100.0 * job.metrics["best_val_accuracy"] for job in group
                if job.metrics.get("best_val_accuracy") is not None]
         rows.append({
@@ -234,6 +238,7 @@ def summarise(jobs, keys):
             "n_evaluated": len(errors),
             "seeds": sorted(job.config.get("seed") for job in group),
             "test_error": _stats(errors),
+            "extra_test_errors": extra,
             "best_val_accuracy": _stats(val),
             "best_val_accuracy_max": max(val) if val else None,
             "images_per_second": _stats([job.metrics.get("images_per_second") for job in group])[0],
@@ -249,12 +254,20 @@ def _pm(stats, decimals):
     return f"{mean:.{decimals}f}" + ("" if std is None else f" ± {std:.{decimals + 1}f}")
 
 
+def extra_test_names(rows):
+    """Names of the further test sets (e.g. `affine`) evaluated in any job, sorted."""
+    return sorted({name for row in rows for name in row["extra_test_errors"]})
+
+
 def markdown_table(rows):
-    lines = ["| " + " | ".join(MD_COLUMNS) + " |", "| --- | ---: | ---: | ---: | ---: |"]
+    extras = extra_test_names(rows)
+    columns = (*MD_COLUMNS[:3], *(f"{name} test error % (mean ± std)" for name in extras), *MD_COLUMNS[3:])
+    lines = ["| " + " | ".join(columns) + " |", "| --- |" + " ---: |" * (len(columns) - 1)]
     for row in rows:
         n = f"{row['n_runs']}" + ("" if row["n_evaluated"] == row["n_runs"] else f" ({row['n_evaluated']} evaluated)")
         speed = "n/a" if row["images_per_second"] is None else f"{row['images_per_second']:.0f}"
-        lines.append(f"| {row['setting']} | {n} | {_pm(row['test_error'], 2)} | "
+        extra = "".join(f"{_pm(row['extra_test_errors'].get(name, (None, None)), 2)} | " for name in extras)
+        lines.append(f"| {row['setting']} | {n} | {_pm(row['test_error'], 2)} | {extra}"
                      f"{_pm(row['best_val_accuracy'], 2)} | {speed} |")
     return "\n".join(lines)
 
@@ -288,12 +301,16 @@ def markdown_report(sweep, jobs, keys, rows, skipped):
 def csv_report(rows, keys):
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
+    extras = extra_test_names(rows)
     writer.writerow(["setting", *keys, "n_runs", "n_evaluated", "seeds", "test_error_percent_mean",
-                     "test_error_percent_std", "best_val_accuracy_percent_mean", "best_val_accuracy_percent_std",
+                     "test_error_percent_std", *(f"{name}_test_error_percent_{stat}" for name in extras
+                                                 for stat in ("mean", "std")),
+                     "best_val_accuracy_percent_mean", "best_val_accuracy_percent_std",
                      "best_val_accuracy_percent_max", "images_per_second_mean", "jobs"])
     for row in rows:
-        cells = [row["test_error"][0], row["test_error"][1], row["best_val_accuracy"][0], row["best_val_accuracy"][1],
-                 row["best_val_accuracy_max"], row["images_per_second"]]
+        extra = [value for name in extras for value in row["extra_test_errors"].get(name, (None, None))]
+        cells = [row["test_error"][0], row["test_error"][1], *extra, row["best_val_accuracy"][0],
+                 row["best_val_accuracy"][1], row["best_val_accuracy_max"], row["images_per_second"]]
         numbers = ["" if cell is None else repr(float(cell)) for cell in cells]
         writer.writerow([row["setting"], *[row["values"][key] for key in keys], row["n_runs"], row["n_evaluated"],
                          " ".join(map(str, row["seeds"])), *numbers, " ".join(row["jobs"])])
@@ -355,18 +372,6 @@ def figure_png(rows, keys, title, dpi):
     return out.getvalue()
 
 
-def _write_atomic(path, data):
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with open(handle, "wb") as stream:
-            stream.write(data.encode() if isinstance(data, str) else data)
-        Path(temporary).replace(path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def report_command(args):
     cfg = _config(args)
     if cfg is None:
@@ -388,7 +393,7 @@ def report_command(args):
              "report.csv": csv_report(rows, keys),
              "report.png": figure_png(rows, keys, f"{sweep.parent.name}/{sweep.name}", cfg.dpi)}
     for name, data in files.items():
-        _write_atomic(output / name, data)
+        write_bytes_atomic(output / name, data.encode() if isinstance(data, str) else data)
     print(markdown_table(rows))
     print(f"wrote {', '.join(str(output / name) for name in files)}")
     return 0

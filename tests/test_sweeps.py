@@ -208,6 +208,26 @@ def test_report_groups_a_table1_shaped_sweep_over_seeds(tmp_path):
     assert "1 not finished, left out" in (tmp_path / "report.md").read_text()
 
 
+def test_report_sets_capsnet_against_the_cnn_on_the_affine_test_set(tmp_path):
+    from capsrun.report import report_command
+
+    for model, errors, affine in (("capsnet", (0.8, 1.0), (20.0, 22.0)), ("baseline_cnn", (0.7, 0.9), (33.0, 35.0))):
+        for seed in (0, 1):
+            folder = tmp_path / f"model={model},seed={seed}"
+            (folder / ".hydra").mkdir(parents=True)
+            cfg = compose_config(f"model={model}", "data=affnist", f"seed={seed}")
+            OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
+            (folder / "metrics.json").write_text(json.dumps({"status": "completed", "best_val_accuracy": 0.99}))
+            (folder / "eval.json").write_text(json.dumps({"test_error_percent": errors[seed], "extra_tests": {
+                "affine": {"test_error_percent": affine[seed]}}}))
+    assert report_command([f"sweep_dir={tmp_path}", "evaluate=false"]) == 0
+    rows = {row["model.name"]: row for row in csv.DictReader((tmp_path / "report.csv").open())}
+    assert float(rows["capsnet"]["affine_test_error_percent_mean"]) == pytest.approx(21.0)
+    assert float(rows["baseline_cnn"]["affine_test_error_percent_mean"]) == pytest.approx(34.0)
+    assert float(rows["baseline_cnn"]["test_error_percent_mean"]) == pytest.approx(0.8)
+    assert "affine test error % (mean ± std)" in (tmp_path / "report.md").read_text()
+
+
 BAD_REPORTS = [
     ([], "sweep_dir is required"),
     (["sweep_dir=/no/such/sweep"], "is not a folder"),
