@@ -20,7 +20,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from capsrun.errors import CapsrunError
-from capsrun.inspection import command_config, expand_run_dirs, restore_run, say
+from capsrun.inspection import command_config, restore_run, say, single_run
 
 
 @dataclass
@@ -99,14 +99,12 @@ def export_command(args):
     cfg = command_config("export", ExportConfig, args)
     if cfg is None:
         return 0
-    runs = expand_run_dirs(cfg.run_dir)
-    if len(runs) != 1:
-        raise CapsrunError(f"capsrun export takes one run, got {len(runs)}; pass run_dir=ONE_RUN_FOLDER")
-    output = Path(cfg.output).expanduser() if cfg.output else runs[0] / "saved_model"
+    run_dir = single_run(cfg.run_dir, "export")
+    output = Path(cfg.output).expanduser() if cfg.output else run_dir / "saved_model"
     if output.exists() and not cfg.overwrite:
         raise CapsrunError(f"{output} already exists; pass overwrite=true or output=ANOTHER_FOLDER")
-    restored = restore_run(runs[0], cfg.checkpoint)
-    say(f"capsrun export: {runs[0]}: checkpoint {restored.checkpoint}")
+    restored = restore_run(run_dir, cfg.checkpoint)
+    say(f"capsrun export: {run_dir}: checkpoint {restored.checkpoint}")
     path = export_saved_model(restored, output, cfg.overwrite)
     print(f"wrote SavedModel {path} (signature serving_default: images float32 "
           f"[batch, {', '.join(map(str, restored.splits.image_shape))}] in [0, 1] -> lengths, predicted_class)")

@@ -170,6 +170,14 @@ def expand_run_dirs(spec):
     return runs
 
 
+def single_run(spec, command):
+    """The one run folder of `run_dir=` for commands that take exactly one run."""
+    runs = expand_run_dirs(spec)
+    if len(runs) != 1:
+        raise CapsrunError(f"capsrun {command} takes one run, got {len(runs)}; pass run_dir=ONE_RUN_FOLDER")
+    return runs[0]
+
+
 def _natural(path):
     """Sort key that puts `seed=2` before `seed=10`."""
     import re

@@ -15,7 +15,7 @@ import numpy as np
 from omegaconf import MISSING, OmegaConf
 
 from capsrun.errors import CapsrunError
-from capsrun.inspection import choice, command_config, expand_run_dirs, restore_run, say
+from capsrun.inspection import choice, command_config, restore_run, say, single_run
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MNIST_BOX = 20
@@ -204,20 +204,18 @@ def predict_command(args):
     paths = OmegaConf.to_container(cfg.images)
     if not paths:
         raise CapsrunError("images is empty; pass files, e.g. images=[digit.png] or images=batch.npy")
-    runs = expand_run_dirs(cfg.run_dir)
-    if len(runs) != 1:
-        raise CapsrunError(f"capsrun predict takes one run, got {len(runs)}; pass run_dir=ONE_RUN_FOLDER")
+    run_dir = single_run(cfg.run_dir, "predict")
     inputs = read_inputs(paths)
-    restored = restore_run(runs[0], cfg.checkpoint)
+    restored = restore_run(run_dir, cfg.checkpoint)
     if restored.splits.image_shape[-1] != 1:
-        raise CapsrunError(f"run {runs[0]} was trained on {restored.splits.image_shape} images; "
+        raise CapsrunError(f"run {run_dir} was trained on {restored.splits.image_shape} images; "
                            "capsrun predict handles grayscale digits only")
     names, images = prepare_inputs(inputs, restored.splits.image_shape, invert, center)
     lengths = classify(restored.model, images, cfg.batch_size)
     rows = rows_of(names, lengths)
-    say(f"capsrun predict: {len(rows)} image(s), run {runs[0]}, checkpoint {restored.checkpoint}")
+    say(f"capsrun predict: {len(rows)} image(s), run {run_dir}, checkpoint {restored.checkpoint}")
     if output == "json":
-        print(json.dumps({"run_dir": str(runs[0]), "checkpoint": restored.checkpoint, "predictions": rows}, indent=2))
+        print(json.dumps({"run_dir": str(run_dir), "checkpoint": restored.checkpoint, "predictions": rows}, indent=2))
     else:
         print(format_table(rows))
     return 0

@@ -24,9 +24,9 @@ from capsrun.errors import CapsrunError
 from capsrun.inspection import (
     check_output_folder,
     command_config,
-    expand_run_dirs,
     restore_run,
     say,
+    single_run,
     write_tensorboard,
 )
 
@@ -184,10 +184,7 @@ def visualize_command(args):
     cfg = command_config("visualize", VisualizeConfig, args)
     if cfg is None:
         return 0
-    runs = expand_run_dirs(cfg.run_dir)
-    if len(runs) != 1:
-        raise CapsrunError(f"capsrun visualize takes one run, got {len(runs)}; pass run_dir=ONE_RUN_FOLDER")
-    run_dir = runs[0]
+    run_dir = single_run(cfg.run_dir, "visualize")
     check_dpi(cfg.dpi)
     if cfg.num_reconstructions < 1:
         raise CapsrunError(f"num_reconstructions must be >= 1, got {cfg.num_reconstructions}")

@@ -32,6 +32,13 @@ def run_cli(*args, cwd=None, timeout=600, env=None):
     )
 
 
+def checkpoint_values(run_dir):
+    """Every saved variable (weights, Adam moments, counters) of the run's latest checkpoint."""
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(run_dir / "checkpoints" / "last")))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")}
+
+
 def last_stderr_line(result):
     lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""

@@ -8,22 +8,14 @@ import time
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from tests.conftest import REPO, last_stderr_line, run_cli
+from tests.conftest import REPO, checkpoint_values, last_stderr_line, run_cli
 
 ARGS = ["experiment=smoke", "data.train_size=128", "seed=5"]
 
 
 def run_files(run_dir):
     return sorted(str(path.relative_to(run_dir)).split(".tfevents")[0] for path in run_dir.rglob("*"))
-
-
-def checkpoint_values(run_dir):
-    """Every saved variable (weights, Adam moments, counters) of the run's latest checkpoint."""
-    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(run_dir / "checkpoints" / "last")))
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")}
 
 
 def test_two_workers_train_like_one_worker_with_two_devices(tmp_path):

@@ -11,7 +11,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from capsrun.errors import EXIT_DIVERGED, EXIT_INTERRUPTED
-from tests.conftest import REPO, last_stderr_line, run_cli
+from tests.conftest import REPO, checkpoint_values, last_stderr_line, run_cli
 
 RESUMABLE = ["experiment=smoke", "seed=3", "epochs=2", "data.train_size=2048", "trainer.deterministic=true",
              "trainer.checkpoint_every_steps=8", "trainer.keep_checkpoints=100", "trainer.log_every_steps=4"]
@@ -36,12 +36,6 @@ def scalars(run_dir, tag):
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
     events.Reload()
     return [(event.step, float(tf.make_ndarray(event.tensor_proto))) for event in events.Tensors(tag)]
-
-
-def checkpoint_values(run_dir):
-    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(run_dir / "checkpoints" / "last")))
-    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")}
 
 
 def test_kill_9_then_resume_ends_like_an_uninterrupted_run(tmp_path):
