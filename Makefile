@@ -20,11 +20,14 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed ## Create .venv and install capsrun (editable) with test tools
 
-demo: install ## Train the full CapsNet for one epoch on 6,000 bundled MNIST digits (minutes on 2 CPU cores)
+demo: install ## Train the full CapsNet for one epoch on 6,000 bundled MNIST digits, then eval and visualize it (minutes on 2 CPU cores)
 	rm -rf $(DEMO_DIR)
 	$(CAPSRUN) train experiment=demo hydra.run.dir=$(DEMO_DIR)
+	$(CAPSRUN) eval run_dir=$(DEMO_DIR)
+	$(CAPSRUN) visualize run_dir=$(DEMO_DIR)
 	@echo
-	@echo "Run folder:        $(DEMO_DIR)  (metrics.json, checkpoints/, train.log)"
+	@echo "Run folder:        $(DEMO_DIR)  (metrics.json, eval.json, checkpoints/, train.log)"
+	@echo "Figures:           $(DEMO_DIR)/reconstructions.png perturbations.png capsule_lengths.png confusion_matrix.png misclassified.png"
 	@echo "TensorBoard logs:  $(DEMO_DIR)/tensorboard  ->  make tensorboard"
 
 train: install ## Train with Hydra overrides, e.g. make train ARGS="epochs=50 model.routing_iterations=1"

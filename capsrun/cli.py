@@ -94,7 +94,8 @@ def _one_line(error):
 
 def _one_line_of(error):
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith(("full_key", "object_type", "reference_type", "Set the env"))]
+    noise = ("full_key", "object_type", "reference_type", "Set the env")
+    useful = [line for line in lines if not line.startswith(noise)]
     return ": ".join(useful[:2]).replace("\n", " ") if useful else type(error).__name__
 
 
