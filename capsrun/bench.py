@@ -17,7 +17,9 @@ resident set size of the process during each row's warm-up (Linux; elsewhere the
 process started) and, on a GPU, TensorFlow's peak device memory. The table goes to stdout,
 everything to `output` (JSON).
 """
+import ctypes
 import gc
+import itertools
 import os
 import platform
 import resource
@@ -35,14 +37,10 @@ from capsrun.errors import CapsrunError
 PROC_STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 ROWS = [  # (key, label); measurements of every batch size
-    ("capsrun_train", "capsrun train"),
-    ("capsrun_eval", "capsrun eval"),
-    ("reference_train", "reference train"),
-    ("reference_eval", "reference eval"),
-    ("conv_only", "conv-only bound (fwd+bwd)"),
+    ("capsrun_train", "capsrun train"), ("capsrun_eval", "capsrun eval"), ("reference_train", "reference train"),
+    ("reference_eval", "reference eval"), ("conv_only", "conv-only bound (fwd+bwd)"),
     ("digit_caps_capsrun", "digit caps capsrun (fwd+bwd)"),
-    ("digit_caps_reference", "digit caps reference (fwd+bwd)"),
-    ("pipeline", "input pipeline"),
+    ("digit_caps_reference", "digit caps reference (fwd+bwd)"), ("pipeline", "input pipeline"),
 ]
 RATIOS = [  # (key, label, numerator row, denominator row, format)
     ("train_vs_reference", "capsrun train vs reference", "capsrun_train", "reference_train", "{:.2f}x"),
@@ -214,7 +212,8 @@ def model_steps(model, loss_cfg, optimizer, batch_size):
       train(batch)      the training step of `capsrun train`: forward, losses, backward, Adam update;
       eval(batch)       the evaluation step: forward, losses, predictions;
       conv_only(batch)  conv1 and the primary-capsule convolution forward and backward (the
-                        gradients of their weights, as in training), nothing else (CapsNet only);
+                        gradients of their weights, as in training), nothing else (CapsNet only;
+                        its loss needs the forward values, so that no convolution is pruned);
       digit_caps(u)     the digit-capsule layer forward and backward (gradients of u and W) on
                         primary capsules u float32 [B, I, K].
     A batch is (uint8 images [B, H, W, C], int32 labels [B]) from the training pipeline."""
@@ -241,15 +240,15 @@ def model_steps(model, loss_cfg, optimizer, batch_size):
         convs = [model.conv1, model.primary_caps.conv]
         with tf.GradientTape() as tape:
             features = convs[1](convs[0](tf.cast(unpack(batch)[0], model.compute_dtype)))
-            loss = tf.reduce_sum(tf.cast(features, tf.float32))
+            loss = 0.5 * tf.reduce_sum(tf.square(tf.cast(features, tf.float32)))
         gradients = tape.gradient(loss, [v for conv in convs for v in conv.trainable_variables])
-        return tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32)) for g in gradients])
+        return tf.add_n([loss] + [tf.reduce_sum(tf.cast(g, tf.float32)) for g in gradients])
 
     def digit_caps(inputs):
         with tf.GradientTape() as tape:
             tape.watch(inputs)
             loss = tf.reduce_sum(tf.square(model.digit_caps(inputs)))
-        return tf.add_n([tf.reduce_sum(g) for g in tape.gradient(loss, [inputs, model.digit_caps.kernel])])
+        return tf.add_n([loss] + [tf.reduce_sum(g) for g in tape.gradient(loss, [inputs, model.digit_caps.kernel])])
 
     return {"train": train, "eval": evaluate, "conv_only": conv_only, "digit_caps": digit_caps}
 
@@ -261,20 +260,26 @@ def measure_interleaved(rows, batch_size, warmup, timed):
     Each row first runs `warmup` untimed steps alone (the first traces the step); its memory
     peak is taken over them. Then `timed` rounds run each step once; each step fetches its
     scalar result, so that its work is done. Returns {row: ms per step (median, min, max, all),
-    images/s, CPU cores busy on average, peak memory}."""
+    images/s, CPU cores busy on average, peak memory, first step (tracing included)}, plus the
+    share of all CPU time that other processes used during the timed rounds (Linux)."""
     results = {}
     for key, step, inputs in rows:
         _say(f"batch {batch_size}: {key} (warm-up)")
         resettable = _reset_peak()
-        for _ in range(warmup):
+        start = time.perf_counter()
+        step(inputs).numpy()
+        first = time.perf_counter() - start
+        for _ in range(warmup - 1):
             step(inputs).numpy()
-        results[key] = {"peak_rss_mib": _peak_mib(), "peak_rss_scope": "measurement" if resettable else "process"}
+        results[key] = {"peak_rss_mib": _peak_mib(), "peak_rss_scope": "measurement" if resettable else "process",
+                        "first_step_ms": 1000 * first}
         device_peak = _gpu_peak_mib()
         if device_peak is not None:
             results[key]["peak_gpu_mib"] = device_peak
     seconds = {key: [] for key, _, _ in rows}
     cpu_seconds = {key: [] for key, _, _ in rows}
     _say(f"batch {batch_size}: {timed} timed rounds of {len(rows)} steps")
+    jiffies = _cpu_jiffies()
     for _ in range(timed):
         for key, step, inputs in rows:
             start, cpu_start = time.perf_counter(), time.process_time()
@@ -288,7 +293,22 @@ def measure_interleaved(rows, batch_size, warmup, timed):
             "ms_per_step_max": 1000 * max(times), "ms_per_step_all": [1000 * t for t in times],
             "images_per_second": batch_size / median, "cpu_cores_busy": sum(cpu_seconds[key]) / sum(times),
         })
+    after = _cpu_jiffies()
+    if jiffies and after and after[0] > jiffies[0]:
+        others = (after[1] - jiffies[1]) - (after[2] - jiffies[2])
+        results["other_processes_cpu_share"] = max(others, 0) / (after[0] - jiffies[0])
     return results
+
+
+def _cpu_jiffies():
+    """(all CPU time, busy CPU time of all processes, CPU time of this process) in clock ticks
+    from /proc (Linux); None elsewhere."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        return sum(values), sum(values) - values[3] - values[4], int(own[11]) + int(own[12])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def measure_pipeline(dataset, batch_size, batches):
@@ -296,24 +316,25 @@ def measure_pipeline(dataset, batch_size, batches):
     pays for the start-up); stops early at the end of the epoch."""
     iterator = iter(dataset)
     next(iterator)
-    count, start = 0, time.perf_counter()
-    for _ in range(batches):
-        try:
-            next(iterator)
-        except StopIteration:
-            break
-        count += 1
+    start = time.perf_counter()
+    count = sum(1 for _ in itertools.islice(iterator, batches))
     seconds = time.perf_counter() - start
     return {"images_per_second": count * batch_size / seconds, "batches": count,
             "ms_per_batch": 1000 * seconds / max(count, 1)}
 
 
 def _reset_peak():
-    """Resets the kernel's peak-RSS counter of this process (Linux); False where it cannot."""
+    """Returns the freed heap to the system (glibc) and resets the kernel's peak-RSS counter of
+    this process (Linux), so that the next peak is that of the next row; False where it cannot."""
     import tensorflow as tf
 
     for device in tf.config.list_logical_devices("GPU")[:1]:
         tf.config.experimental.reset_memory_stats(device.name)
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         CLEAR_REFS.write_text("5")
         return True
@@ -333,7 +354,6 @@ def _peak_mib():
 
 
 def _process_peak_mib():
-    """Peak resident set size in MiB since the process started."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
@@ -378,26 +398,26 @@ def format_table(report):
         f"{'':32}" + "".join(f"{'batch ' + str(r['batch_size']):>28}" for r in results),
         f"{'':32}" + f"{'img/s':>9}{'ms/step':>9}{'peak MiB':>10}" * len(results),
     ]
-    for key, label in ROWS:
-        if not any(key in r for r in results):
-            continue
-        cells = ""
-        for r in results:
-            entry = r.get(key)
-            if entry is None:
-                cells += f"{'-':>28}"
-                continue
-            step_ms = entry.get("ms_per_step", entry.get("ms_per_batch"))
-            peak = entry.get("peak_rss_mib")
-            cells += f"{entry['images_per_second']:9.1f}{step_ms:9.1f}" + (f"{peak:10.0f}" if peak else f"{'-':>10}")
-        lines.append(f"{label:32}{cells}")
+    lines += [f"{label:32}" + "".join(_cells(r.get(key)) for r in results)
+              for key, label in ROWS if any(key in r for r in results)]
     lines.append("")
     for key, label, _, _, form in RATIOS:
         if any(key in r["ratios"] for r in results):
             lines.append(f"{label:32}" + "".join(
                 f"{form.format(r['ratios'][key]) if key in r['ratios'] else '-':>28}" for r in results))
-    load = report["load_average_before"][0]
-    if load > 0.25 * machine["cpu_cores"]:
-        lines += ["", f"note: the machine was busy (load average {load:.1f} on {machine['cpu_cores']} cores before "
-                      "the run): absolute numbers are pessimistic; the interleaved ratios suffer less"]
+    shares = [r.get("other_processes_cpu_share") for r in results]
+    if None not in shares:
+        lines.append(f"{'other processes, share of CPU':32}" + "".join(f"{share:>28.0%}" for share in shares))
+        if max(shares) > 0.05:
+            lines += ["", "note: other processes used the CPUs while timing: absolute numbers are pessimistic; "
+                          "the ratios (steps timed round-robin) suffer less"]
     return "\n".join(lines)
+
+
+def _cells(entry):
+    """img/s, ms per step (or per batch) and peak MiB of one measurement; dashes for none."""
+    if entry is None:
+        return f"{'-':>28}"
+    peak = entry.get("peak_rss_mib")
+    return (f"{entry['images_per_second']:9.1f}{entry.get('ms_per_step', entry.get('ms_per_batch')):9.1f}"
+            + (f"{peak:10.0f}" if peak else f"{'-':>10}"))

@@ -175,12 +175,13 @@ def test_bench_command_prints_the_table_and_writes_bench_json(tmp_path):
     assert report["config"]["batch_sizes"] == [4, 8] and report["config"]["timed_steps"] == 2
     assert [r["batch_size"] for r in report["results"]] == [4, 8]
     for results in report["results"]:
-        assert BENCH_KEYS | {"pipeline", "ratios", "batch_size"} == set(results)
+        assert BENCH_KEYS | {"pipeline", "ratios", "batch_size", "other_processes_cpu_share"} == set(results)
+        assert 0 <= results["other_processes_cpu_share"] <= 1
         for key in BENCH_KEYS:
             entry = results[key]
             assert len(entry["ms_per_step_all"]) == 2 and entry["ms_per_step"] > 0
             assert entry["images_per_second"] == pytest.approx(results["batch_size"] * 1000 / entry["ms_per_step"])
-            assert entry["peak_rss_mib"] > 0
+            assert entry["peak_rss_mib"] > 0 and entry["first_step_ms"] > 0
         assert results["pipeline"]["images_per_second"] > 0 and results["pipeline"]["batches"] == 3
         ratios = results["ratios"]
         assert ratios["train_vs_reference"] == pytest.approx(
