@@ -1,21 +1,13 @@
 """`capsrun bench` (`make bench`): how fast capsrun trains and evaluates on this machine.
 
-conf/bench.yaml configures it. In one process and one run, for every batch size:
-- capsrun train / eval: the CapsNet's training step (forward, margin + reconstruction loss,
-  backward, Adam update: the step of `capsrun train` without its tf.distribute wrapper) and its
-  evaluation step (forward, losses, predictions), on a real batch of the training pipeline;
-- reference train / eval: the same steps for capsrun.reference.ReferenceCapsNet, a CapsNet
-  written the plain way with the same parameters, weights and loss;
-- conv-only bound: conv1 and the primary-capsule convolution forward and backward, nothing
-  else: what any CapsNet of this architecture needs at least on this machine;
-- digit caps capsrun / reference: the capsule layer alone (prediction vectors + routing,
-  forward and backward), the timing split that shows where the two networks differ;
-- input pipeline: the training tf.data pipeline alone (order, random shifts, batches).
-The steps are timed round-robin (see `measure_interleaved`); ms/step is the median of
-`timed_steps` steps after `warmup_steps`, images/s = batch size / median. Memory: the peak
-resident set size of the process during each row's warm-up (Linux; elsewhere the peak since the
-process started) and, on a GPU, TensorFlow's peak device memory. The table goes to stdout,
-everything to `output` (JSON).
+conf/bench.yaml configures it. In one process and one run, for every batch size, on a real
+batch of the training pipeline: capsrun's train and eval steps, the same steps of the plain
+reference CapsNet (capsrun/reference.py: same parameters, weights and loss), the convolutions
+alone (the conv-only bound), the digit-capsule layers alone (the timing split; see
+`model_steps`), and the input pipeline alone. The steps are timed round-robin (see
+`measure_interleaved`); ms/step is the median of `timed_steps` steps after `warmup_steps`,
+images/s = batch size / median; memory is the process's peak resident set size during each
+row's warm-up. The table goes to stdout, everything to `output` (JSON); docs/bench.md explains.
 """
 import ctypes
 import gc
