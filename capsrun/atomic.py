@@ -23,6 +23,20 @@ def write_bytes_atomic(path, data):
         raise
 
 
+def unwritable_reason(folder):
+    """None when `folder` (created if missing) accepts a synced 64 KiB file, else the operating
+    system's reason (e.g. "Read-only file system", "No space left on device")."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            probe.write(b"x" * 65536)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
+
+
 def write_json_atomic(path, data):
     """Writes `data` as indented, key-sorted JSON to `path` atomically."""
     write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())

@@ -17,12 +17,12 @@ import platform
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List
 
+from capsrun.atomic import unwritable_reason
 from capsrun.config import DataConfig, LossConfig, ModelConfig, OptimizerConfig, TrainerConfig
 from capsrun.errors import CapsrunError
 
@@ -115,12 +115,9 @@ def compose_bench(overrides):
 
 
 def _check_writable(output):
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output.parent):
-            pass
-    except OSError as error:
-        raise CapsrunError(f"cannot write {output} ({error.strerror}); set output=PATH") from None
+    reason = unwritable_reason(output.parent)
+    if reason:
+        raise CapsrunError(f"cannot write {output} ({reason}); set output=PATH")
 
 
 def _say(message):

@@ -148,6 +148,17 @@ def config_dir():
     raise CapsrunError(f"capsrun's configs are missing (looked in {package.parent / 'conf'}); reinstall capsrun")
 
 
+def flatten_dict(node, prefix=""):
+    """{dotted key: leaf value} of a nested plain dict (e.g. OmegaConf.to_container's result)."""
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(flatten_dict(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def flat_keys(cfg, prefix=""):
     """All leaf keys of a config as dotted paths."""
     keys = []

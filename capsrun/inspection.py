@@ -9,7 +9,6 @@ import difflib
 import logging
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,7 +161,8 @@ def expand_run_dirs(spec):
         if is_run(folder):
             found = [folder]
         else:
-            found = sorted((child for child in folder.iterdir() if child.is_dir() and is_run(child)), key=_natural)
+            runs_inside = (child for child in folder.iterdir() if child.is_dir() and is_run(child))
+            found = sorted(runs_inside, key=lambda path: natural_key(path.name))
             if not found:
                 raise CapsrunError(f"{folder} is not a capsrun run folder (no .hydra/config.yaml) nor a multirun "
                                    "folder of runs; pass the folder that capsrun train wrote")
@@ -178,11 +178,11 @@ def single_run(spec, command):
     return runs[0]
 
 
-def _natural(path):
+def natural_key(text):
     """Sort key that puts `seed=2` before `seed=10`."""
     import re
 
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(text))]
 
 
 def checkpoint_step(path):
@@ -307,13 +307,12 @@ def restore_run(run_dir, which="best", test_size=None, trainer=None, strategy=No
 
 def check_output_folder(folder):
     """Creates `folder` if needed; a folder that cannot be written is a CapsrunError."""
+    from capsrun.atomic import unwritable_reason
+
     folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise CapsrunError(f"cannot write to {folder} ({error.strerror}); choose another output folder") from None
+    reason = unwritable_reason(folder)
+    if reason:
+        raise CapsrunError(f"cannot write to {folder} ({reason}); choose another output folder")
     return folder
 
 

@@ -14,17 +14,17 @@ import csv
 import io
 import json
 import math
-import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional
 
 from omegaconf import MISSING
 
-from capsrun.atomic import write_bytes_atomic
+from capsrun.atomic import unwritable_reason, write_bytes_atomic
+from capsrun.config import flatten_dict
 from capsrun.errors import CapsrunError
+from capsrun.inspection import natural_key
 
 NOT_SETTINGS = ("seed", "resume")
 X_KEY = "model.routing_iterations"
@@ -94,10 +94,6 @@ def _config(args):
     return cfg
 
 
-def _natural(text):
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
-
-
 def find_jobs(sweep_dir):
     """The job folders (with .hydra/config.yaml) anywhere below `sweep_dir`, in natural order."""
     sweep = Path(sweep_dir).expanduser().absolute()
@@ -108,20 +104,10 @@ def find_jobs(sweep_dir):
         raise CapsrunError(f"{sweep} is a single run, not a sweep; {fix}")
     jobs = sorted({path.parent.parent for path in sweep.rglob(".hydra/config.yaml")
                    if ".submitit" not in path.relative_to(sweep).parts},
-                  key=lambda folder: _natural(str(folder.relative_to(sweep))))
+                  key=lambda folder: natural_key(folder.relative_to(sweep)))
     if not jobs:
         raise CapsrunError(f"{sweep} holds no job folders (none with .hydra/config.yaml); {fix}")
     return sweep, jobs
-
-
-def flatten(node, prefix=""):
-    flat = {}
-    for key, value in node.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _read_json(path):
@@ -142,7 +128,7 @@ def load_job(folder):
               file=sys.stderr)
         return None
     try:
-        config = flatten(OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "config.yaml"), resolve=True))
+        config = flatten_dict(OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "config.yaml"), resolve=True))
     except Exception as error:  # YAML or interpolation errors of a damaged file
         raise CapsrunError(f"cannot read {folder / '.hydra' / 'config.yaml'} ({type(error).__name__}); "
                            "restore it or move the job folder out of the sweep") from None
@@ -378,7 +364,7 @@ def report_command(args):
         return 0
     sweep, folders = find_jobs(cfg.sweep_dir)
     output = Path(cfg.output_dir).expanduser().absolute() if cfg.output_dir else sweep
-    if not output.is_dir() or not _writable(output):
+    if not output.is_dir() or unwritable_reason(output):
         raise CapsrunError(f"output_dir {output} is not a writable folder; create it or choose another")
     loaded = [load_job(folder) for folder in folders]
     jobs = [job for job in loaded if job is not None]
@@ -397,11 +383,3 @@ def report_command(args):
     print(markdown_table(rows))
     print(f"wrote {', '.join(str(output / name) for name in files)}")
     return 0
-
-
-def _writable(folder):
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            return True
-    except OSError:
-        return False

@@ -8,13 +8,12 @@ Layout of a run folder (a Hydra output folder):
   train.log          the log
   metrics.json       summary, rewritten atomically after every epoch
 """
-import os
-import tempfile
 from pathlib import Path
 
 import tensorflow as tf
 from omegaconf import OmegaConf
 
+from capsrun.atomic import unwritable_reason
 from capsrun.errors import CapsrunError
 
 CHECKPOINT_KINDS = ("last", "best")
@@ -22,16 +21,9 @@ CHECKPOINT_KINDS = ("last", "best")
 
 def check_writable(folder):
     """Fails early, before any training, when the run folder cannot be written."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder) as probe:
-            probe.write(b"x" * 65536)
-            probe.flush()
-            os.fsync(probe.fileno())
-    except OSError as error:
-        raise CapsrunError(
-            f"run folder {folder} is not writable ({error.strerror}); choose another hydra.run.dir") from None
+    reason = unwritable_reason(folder)
+    if reason:
+        raise CapsrunError(f"run folder {folder} is not writable ({reason}); choose another hydra.run.dir")
 
 
 class TrainingProgress(tf.Module):

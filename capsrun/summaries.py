@@ -8,6 +8,8 @@ from omegaconf import OmegaConf
 from tensorboard.compat.proto import event_pb2
 from tensorboard.plugins.hparams import api as hparams_api
 
+from capsrun.config import flatten_dict
+
 
 def image_grid(rows):
     """Tiles rows of images into one image.
@@ -28,19 +30,8 @@ def write_scalars(writer, prefix, values, step):
 
 def hparams_of(cfg):
     """The run's hyper-parameters as a flat {dotted key: bool|int|float|str} dict."""
-    flat = {}
-
-    def visit(node, prefix):
-        for key, value in node.items():
-            if isinstance(value, dict):
-                visit(value, f"{prefix}{key}.")
-            elif isinstance(value, (bool, int, float, str)):
-                flat[f"{prefix}{key}"] = value
-            else:
-                flat[f"{prefix}{key}"] = str(value)
-
-    visit(OmegaConf.to_container(cfg, resolve=True), "")
-    return flat
+    flat = flatten_dict(OmegaConf.to_container(cfg, resolve=True))
+    return {key: value if isinstance(value, (bool, int, float, str)) else str(value) for key, value in flat.items()}
 
 
 def write_hparams(writer, cfg, trial_id):

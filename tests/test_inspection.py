@@ -276,22 +276,20 @@ def _no_checkpoint(tmp_path, run):
     return [f"run_dir={tmp_path / 'fresh'}"]
 
 
-def _incompatible(tmp_path, run):
-    folder = tmp_path / "changed"
-    shutil.copytree(run / ".hydra", folder / ".hydra")
-    (folder / "checkpoints").symlink_to(run / "checkpoints")
-    config = folder / ".hydra" / "config.yaml"
-    config.write_text(config.read_text().replace("conv1_filters: 16", "conv1_filters: 8"))
-    return [f"run_dir={folder}"]
+def _changed_config(name, old, new):
+    """A copy of the run whose config differs from the one its checkpoints were trained with."""
+    def make(tmp_path, run):
+        folder = tmp_path / name
+        shutil.copytree(run / ".hydra", folder / ".hydra")
+        (folder / "checkpoints").symlink_to(run / "checkpoints")
+        config = folder / ".hydra" / "config.yaml"
+        config.write_text(config.read_text().replace(old, new))
+        return [f"run_dir={folder}"]
+    return make
 
 
-def _extra_layer(tmp_path, run):
-    folder = tmp_path / "deeper"
-    shutil.copytree(run / ".hydra", folder / ".hydra")
-    (folder / "checkpoints").symlink_to(run / "checkpoints")
-    config = folder / ".hydra" / "config.yaml"
-    config.write_text(config.read_text().replace("  - 64\n", "  - 64\n  - 64\n"))
-    return [f"run_dir={folder}"]
+_incompatible = _changed_config("changed", "conv1_filters: 16", "conv1_filters: 8")
+_extra_layer = _changed_config("deeper", "  - 64\n", "  - 64\n  - 64\n")
 
 
 def _file(name, content):
