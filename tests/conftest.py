@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def compose_config(*overrides, experiment="smoke"):
     """The composed `capsrun train` config of `experiment` (None: the defaults) with overrides."""
-    from capsrun.cli import compose
+    from capsrun.config.compose import compose
 
     chosen = [f"experiment={experiment}"] if experiment else []
     return compose("config", [*chosen, *overrides])

@@ -96,7 +96,7 @@ def _corrupt_mnist_copy(folder):
     import gzip
     import shutil
 
-    from capsrun.datasets import BUNDLED_MNIST
+    from capsrun.data.sources import BUNDLED_MNIST
 
     shutil.copytree(BUNDLED_MNIST, folder)
     images = folder / "train-images-idx3-ubyte.gz"

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from capsrun.data import eval_dataset, load_splits, random_shift, train_dataset
-from capsrun.datasets import BUNDLED_MNIST, read_idx
+from capsrun.data.pipeline import eval_dataset, random_shift, train_dataset
+from capsrun.data.sources import BUNDLED_MNIST, read_idx
+from capsrun.data.splits import load_splits
 from capsrun.errors import CapsrunError
 from tests.conftest import compose_config
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from capsrun.data import load_splits
+from capsrun.data.generated import affine_parameters, affine_transform, pad_to_canvas
+from capsrun.data.splits import load_splits
 from capsrun.errors import CapsrunError
-from capsrun.model import build_model
-from capsrun.synthetic import affine_parameters, affine_transform, pad_to_canvas
 from tests.conftest import compose_config, run_cli
+from tests.helpers import build
 
 
 def make_image_tree(root, classes=3, per_class=40, size=(37, 23)):
@@ -75,7 +75,7 @@ def test_missing_download_explains_where_to_put_the_files(tmp_path):
     ((40, 40, 1), 4608, 20_992 + 5_308_672 + 4608 * 10 * 16 * 8 + 82_432 + 525_312 + 1024 * 1600 + 1600),
 ])
 def test_model_is_derived_from_the_input_shape(shape, primary, params):
-    model = build_model(compose_config(experiment=None).model, shape, 10)
+    model = build(compose_config(experiment=None), shape, 10)
     assert model.digit_caps.kernel.shape == (primary, 10, 16, 8)
     assert model.count_params() == params
     assert model(np.zeros((2, *shape), np.float32))["reconstructions"].shape == (2, *shape)
@@ -110,8 +110,9 @@ def test_affine_transform_moves_rotates_and_scales_as_specified():
 
 
 def test_multimnist_is_deterministic_with_two_classes_and_heavy_overlap():
-    from capsrun.datasets import BUNDLED_MNIST, read_idx
-    from capsrun.synthetic import bounding_box_overlap, multimnist
+    from capsrun.data.generated import multimnist
+    from capsrun.data.sources import BUNDLED_MNIST, read_idx
+    from tests.helpers import bounding_box_overlap
 
     digits = read_idx(BUNDLED_MNIST / "t10k-images-idx3-ubyte.gz")[:400, :, :, None]
     labels = read_idx(BUNDLED_MNIST / "t10k-labels-idx1-ubyte.gz")[:400].astype(np.int32)
@@ -131,7 +132,8 @@ def test_multimnist_is_deterministic_with_two_classes_and_heavy_overlap():
 def test_two_digit_accuracy_needs_both_digits():
     import tensorflow as tf
 
-    from capsrun.losses import class_targets, correct_predictions
+    from capsrun.models.losses import class_targets
+    from capsrun.training.steps import correct_predictions
 
     labels = tf.constant([[3, 7], [1, 2], [4, 0]])
     predicted = tf.constant([[3, 7], [1, 5], [0, 4]])

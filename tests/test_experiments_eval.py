@@ -42,12 +42,12 @@ def tensorboard_scalars(folder):
 def model_lengths(run, split):
     """Capsule lengths float [N, J] of the run's best checkpoint on `split` (the test split or an
     extra test set's name), computed in this process, with the labels of that split."""
-    from capsrun.evaluation import to_unit_range
-    from capsrun.inspection import restore_run
+    from capsrun.data.pipeline import to_unit_range
+    from capsrun.training.restore import restore_run
 
     restored = restore_run(run, multi_digit=True)
     images = restored.splits.test if split == "test" else restored.splits.extra_tests[split]
-    return restored.model(to_unit_range(images.images), training=False)["lengths"].numpy(), images.labels
+    return restored.model(to_unit_range(images.images), training=False)["scores"].numpy(), images.labels
 
 
 @pytest.fixture(scope="module")
@@ -146,10 +146,10 @@ def test_multimnist_visualize_draws_figure_5_in_two_colours(multimnist_run):
 
 
 def test_figure_5_reconstructs_each_digit_from_its_own_capsule(multimnist_run):
-    from capsrun.evaluation import to_unit_range
-    from capsrun.figures import OVERLAY_BACKGROUND, colour_overlay
-    from capsrun.inspection import restore_run
-    from capsrun.visualize import separate_reconstructions
+    from capsrun.analysis.capsules import separate_reconstructions
+    from capsrun.analysis.figures import OVERLAY_BACKGROUND, colour_overlay
+    from capsrun.data.pipeline import to_unit_range
+    from capsrun.training.restore import restore_run
 
     restored = restore_run(multimnist_run[0], multi_digit=True)
     images = to_unit_range(restored.splits.test.images[:6]).numpy()
@@ -178,15 +178,15 @@ def test_multimnist_run_is_refused_by_one_digit_commands(multimnist_run, tmp_pat
 
 
 def test_ensemble_of_two_digit_runs_with_an_extra_test_set():
+    from capsrun.analysis.metrics import ensemble
     from capsrun.errors import CapsrunError
-    from capsrun.eval_run import ensemble
 
     pairs = np.array([[0, 1], [2, 3], [4, 5]])
     first = np.array([[.9, .8, .1, .1, .1, .1], [.1, .1, .9, .1, .8, .1], [.6, .1, .1, .1, .9, .5]])
     second = np.array([[.1, .9, .1, .1, .1, .1], [.1, .1, .7, .9, .1, .1], [.1, .1, .1, .7, .6, .9]])
     affine_labels = np.array([[1, 2], [3, 4], [0, 5]])
-    runs = [{"test": {"labels": pairs, "lengths": lengths},
-             "affine": {"labels": affine_labels, "lengths": lengths[:, ::-1]}} for lengths in (first, second)]
+    runs = [{"test": {"labels": pairs, "scores": lengths},
+             "affine": {"labels": affine_labels, "scores": lengths[:, ::-1]}} for lengths in (first, second)]
     reports = [{"run_dir": f"run{k}", "checkpoint": "best", "digits_per_image": 2, "test_accuracy": 0.5,
                 "extra_tests": {"affine": {"test_accuracy": 0.25}}} for k in range(2)]
     result = ensemble(reports, runs)

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from capsrun.layers import dynamic_routing, route, squash
-from capsrun.model import CapsNet, build_model
-from capsrun.reference import ReferenceCapsNet, build_reference
+from capsrun.models.base import InputSpec
+from capsrun.models.capsnet import CapsNet
+from capsrun.models.ops import squash
+from capsrun.models.reference import ReferenceCapsNet, build_reference
+from capsrun.models.routing.dynamic import route
 from tests.conftest import compose_config, last_stderr_line, run_cli
+from tests.helpers import build, dynamic_routing
 
 SMALL = dict(conv1_filters=16, primary_maps=4, decoder_units=(32, 64))
 
@@ -33,7 +36,7 @@ def gradients_of(model, images, labels, loss_cfg, jit_compile=False):
     def forward_backward(images, labels):
         with tf.GradientTape() as tape:
             outputs = model(images, labels=labels, training=True)
-            total = model.compute_losses(loss_cfg, outputs, labels, images)["total"]
+            total = model.compute_losses(outputs, labels, images)["total"]
             loss = tf.reduce_sum(total)
         return outputs, total, tape.gradient(loss, model.trainable_variables)
 
@@ -100,21 +103,21 @@ def test_fast_capsnet_equals_reference_in_outputs_losses_and_gradients(iteration
     images, labels = images_and_labels(6)
     fast = gradients_of(model, images, labels, loss_cfg)
     plain = gradients_of(reference, images, labels, loss_cfg)
-    for key in ("capsules", "lengths", "reconstructions"):
+    for key in ("capsules", "scores", "reconstructions"):
         assert_same(fast[0][key], plain[0][key], rtol=1e-4, atol_fraction=1e-5)
     assert_same(fast[1], plain[1], rtol=1e-5, atol_fraction=1e-6)
     assert len(fast[2]) == len(plain[2]) == 11
     for fast_gradient, plain_gradient in zip(fast[2], plain[2]):
         assert_same(fast_gradient, plain_gradient, rtol=1e-3, atol_fraction=1e-4)
-    predicted = {model.predict_labels(model(images)["lengths"]).numpy().tobytes(),
-                 reference.predict_labels(reference(images)["lengths"]).numpy().tobytes()}
+    predicted = {model.predict_labels(model(images)["scores"]).numpy().tobytes(),
+                 reference.predict_labels(reference(images)["scores"]).numpy().tobytes()}
     assert len(predicted) == 1
 
 
 def test_fast_capsnet_equals_reference_at_the_default_shapes():
     cfg = compose_config(experiment=None)
-    model = build_model(cfg.model, (28, 28, 1), 10)
-    reference = build_reference(cfg.model, (28, 28, 1), 10)
+    model = build(cfg)
+    reference = build_reference(cfg.model, cfg.loss, InputSpec((28, 28, 1), 10))
     reference.copy_weights(model)
     assert model.count_params() == reference.count_params() == 8_215_568
     assert reference.digit_caps.kernel.shape == (1152, 10, 16, 8)
@@ -151,7 +154,7 @@ def test_mixed_precision_keeps_capsule_math_in_float32_with_finite_gradients(pol
         keras.mixed_precision.set_global_policy("float32")
     assert model.conv1.compute_dtype == policy.split("_")[1]
     assert model.digit_caps.kernel.dtype == "float32" and model.digit_caps.compute_dtype == "float32"
-    for key in ("capsules", "lengths", "reconstructions"):
+    for key in ("capsules", "scores", "reconstructions"):
         assert outputs[key].dtype == tf.float32, key
     assert np.all(np.isfinite(total.numpy()))
     assert all(np.all(np.isfinite(g.numpy())) for g in gradients)

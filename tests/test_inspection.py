@@ -63,8 +63,8 @@ def evaluated(runs):
 
 @pytest.fixture(scope="module")
 def test_images(runs):
-    from capsrun.data import load_splits
-    from capsrun.inspection import load_config
+    from capsrun.data.splits import load_splits
+    from capsrun.training.restore import load_config
 
     cfg = load_config(runs[1][0])
     return load_splits(cfg.data, cfg.seed).test
@@ -157,13 +157,14 @@ def test_visualize_chosen_digits_and_range(runs, tmp_path):
 def test_perturbation_grid_regenerates_the_winning_capsule():
     import tensorflow as tf
 
-    from capsrun.model import build_model
-    from capsrun.visualize import perturbation_deltas, perturbation_grids
+    from capsrun.analysis.capsules import perturbation_grids
+    from capsrun.commands.visualize import perturbation_deltas
     from tests.conftest import compose_config
+    from tests.helpers import build
 
     deltas = perturbation_deltas(0.25, 0.05)
     assert len(deltas) == 11 and deltas[5] == 0.0 and deltas[0] == pytest.approx(-0.25)
-    model = build_model(compose_config().model, (28, 28, 1), 10)
+    model = build(compose_config())
     images = np.random.default_rng(0).uniform(size=(2, 28, 28, 1)).astype(np.float32)
     grids, capsules, predicted = perturbation_grids(model, images, deltas)
     assert grids.shape == (2, 16, 11, 28, 28, 1)
@@ -227,7 +228,7 @@ def test_predict_centres_scans_and_prints_a_table(runs, evaluated, test_images, 
 
 
 def test_mnist_style_preparation():
-    from capsrun.predict import to_mnist
+    from capsrun.commands.predict import to_mnist
 
     rng = np.random.default_rng(0)
     paper = np.full((90, 120), 230.0) + rng.normal(0, 3, (90, 120))
@@ -247,15 +248,17 @@ def test_mnist_style_preparation():
 
 
 def test_paths_with_equals_signs_and_commas_are_quoted(tmp_path):
-    from capsrun.inspection import quote_paths
+    from capsrun.commands import eval, export, predict, visualize
+    from capsrun.commands.frontend import quote_paths
 
     job = tmp_path / "epochs=3,seed=1"
     job.mkdir()
-    assert quote_paths([f"run_dir={job}"]) == [f"run_dir='{job}'"]
-    assert quote_paths([f"run_dir=[{job},{tmp_path}]"]) == [f"run_dir=['{job}','{tmp_path}']"]
-    assert quote_paths(["images=a b.png", "indices=[1,2]"]) == ["images=['a b.png']", "indices=[1,2]"]
-    assert quote_paths(["indices=7", "checkpoint=last", "output=json"]) == \
-        ["indices=[7]", "checkpoint='last'", "output='json'"]
+    assert quote_paths([f"run_dir={job}"], eval.SPEC) == [f"run_dir='{job}'"]
+    assert quote_paths([f"run_dir=[{job},{tmp_path}]"], eval.SPEC) == [f"run_dir=['{job}','{tmp_path}']"]
+    assert quote_paths(["images=a b.png", "output=json"], predict.SPEC) == ["images=['a b.png']", "output=json"]
+    assert quote_paths(["indices=[1,2]"], visualize.SPEC) == ["indices=[1,2]"]
+    assert quote_paths(["indices=7", "checkpoint=last"], visualize.SPEC) == ["indices=[7]", "checkpoint='last'"]
+    assert quote_paths(["output=a b/model"], export.SPEC) == ["output='a b/model'"]
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):

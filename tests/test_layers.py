@@ -2,7 +2,9 @@
 import numpy as np
 import tensorflow as tf
 
-from capsrun.layers import DigitCaps, dynamic_routing, safe_norm, squash
+from capsrun.models.layers import DigitCaps
+from capsrun.models.ops import safe_norm, squash
+from tests.helpers import dynamic_routing, votes_in_paper_layout
 
 
 def numpy_squash(s):
@@ -67,7 +69,7 @@ def test_prediction_vectors_equal_w_times_u_for_every_pair():
     layer = DigitCaps(num_capsules=4, dim=6, routing_iterations=2)
     u = tf.random.stateless_normal([3, 7, 5], seed=[1, 2])
     layer(u)
-    u_hat = layer.predictions(u).numpy()
+    u_hat = votes_in_paper_layout(layer, u).numpy()
     expected = np.einsum("ijdk,bik->bijd", layer.kernel.numpy(), u.numpy())
     np.testing.assert_allclose(u_hat, expected, rtol=1e-5, atol=1e-6)
     assert u_hat.shape == (3, 7, 4, 6)

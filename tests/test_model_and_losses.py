@@ -3,15 +3,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from capsrun.losses import capsule_losses, margin_loss, reconstruction_loss
-from capsrun.model import CapsNet, build_model
-from capsrun.runfiles import saved_variable_count
+from capsrun.models.capsnet import CapsNet
+from capsrun.models.losses import CapsuleLoss, margin_loss, reconstruction_loss
+from capsrun.training.checkpoints import saved_variable_count
 from tests.conftest import compose_config
+from tests.helpers import build
 
 
 def test_default_model_has_the_papers_8215568_parameters():
     cfg = compose_config(experiment=None)
-    model = build_model(cfg.model, (28, 28, 1), 10)
+    model = build(cfg)
     assert model.count_params() == 8_215_568
     assert model.digit_caps.kernel.shape == (1152, 10, 16, 8)
 
@@ -22,9 +23,9 @@ def test_any_batch_size_gives_capsules_lengths_and_reconstructions(batch):
     images = tf.random.stateless_uniform([batch, 28, 28, 1], seed=[0, batch])
     outputs = model(images)
     assert outputs["capsules"].shape == (batch, 10, 16)
-    assert outputs["lengths"].shape == (batch, 10)
+    assert outputs["scores"].shape == (batch, 10)
     assert outputs["reconstructions"].shape == (batch, 28, 28, 1)
-    np.testing.assert_allclose(outputs["lengths"].numpy(), np.linalg.norm(outputs["capsules"].numpy(), axis=-1),
+    np.testing.assert_allclose(outputs["scores"].numpy(), np.linalg.norm(outputs["capsules"].numpy(), axis=-1),
                                rtol=1e-3, atol=1e-3)
 
 
@@ -42,7 +43,7 @@ def test_evaluation_masks_by_predicted_class_and_training_by_label():
     model = CapsNet(conv1_filters=8, primary_maps=2, decoder_units=(16,))
     images = tf.random.stateless_uniform([4, 28, 28, 1], seed=[5, 6])
     outputs = model(images)
-    predicted = tf.argmax(outputs["lengths"], axis=-1, output_type=tf.int32)
+    predicted = tf.argmax(outputs["scores"], axis=-1, output_type=tf.int32)
     np.testing.assert_allclose(outputs["reconstructions"].numpy(),
                                model.reconstruct(outputs["capsules"], predicted).numpy(), rtol=1e-6)
     other = (predicted + 1) % 10
@@ -68,16 +69,16 @@ def test_reconstruction_loss_is_the_sum_of_squared_errors_per_image():
 def test_total_loss_weights_the_summed_reconstruction_error(smoke_cfg):
     lengths = tf.constant([[0.95] + [0.0] * 9])
     images, recon = tf.zeros([1, 28, 28, 1]), tf.fill([1, 28, 28, 1], 0.5)
-    losses = capsule_losses(smoke_cfg.loss, lengths, tf.constant([0]), images, recon, 10)
+    losses = CapsuleLoss.from_config(smoke_cfg.loss)(lengths, tf.constant([0]), images, recon)
     np.testing.assert_allclose(losses["total"].numpy(), [0.0005 * 196.0], rtol=1e-5)
     no_recon = compose_config("loss.recon_weight=0").loss
-    assert float(capsule_losses(no_recon, lengths, tf.constant([0]), images, recon, 10)["total"][0]) == 0.0
+    assert float(CapsuleLoss.from_config(no_recon)(lengths, tf.constant([0]), images, recon)["total"][0]) == 0.0
 
 
 @pytest.mark.parametrize("name", ["capsnet", "baseline_cnn"])
 def test_a_model_only_checkpoint_holds_every_weight(tmp_path, name):
     cfg = compose_config(f"model={name}", "model.cnn_channels=[4,4,2]", "model.fc_units=[8,4]")
-    model = build_model(cfg.model, (28, 28, 1), 10)
+    model = build(cfg)
     path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
     assert saved_variable_count(path) == len(model.weights)
     assert len(tf.train.list_variables(path)) == len(model.weights) + 2  # + save counter, object graph

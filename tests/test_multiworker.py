@@ -59,7 +59,7 @@ def test_a_dead_worker_stops_the_cluster(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["workers=2", "train"], "the `--` is missing"),
     (["workers=0", "--", "train"], "workers must be a whole number >= 1"),
-    (["gpus=2", "--", "train"], "unknown launch option 'gpus=2'"),
+    (["gpus=2", "--", "train"], "unknown key 'gpus' for capsrun launch"),
     (["workers=2", "--", "eval"], "runs `train` only"),
     (["workers=2", "--", "train", "epochs=0"], "epochs must be >= 1"),
 ])

@@ -14,11 +14,11 @@ def test_non_editable_install_trains_from_another_directory(tmp_path):
     installed = target / "capsrun"
     assert (installed / "conf" / "config.yaml").is_file()
     assert (installed / "conf" / "experiment" / "smoke.yaml").is_file()
-    assert len(list((installed / "datasets" / "mnist").glob("*.gz"))) == 4
+    assert len(list((installed / "data" / "bundled" / "mnist").glob("*.gz"))) == 4
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    probe = "import capsrun.config as c; print(c.__file__); print(c.config_dir())"
+    probe = "import capsrun.config.compose as c; print(c.__file__); print(c.config_dir())"
     where = subprocess.run([sys.executable, "-c", probe],
                            cwd=workdir, env=env, capture_output=True, text=True, check=True).stdout.split()
     assert where[0].startswith(str(target)) and where[1] == str(installed / "conf")

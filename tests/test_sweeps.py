@@ -179,7 +179,7 @@ def write_job(folder, routing, recon, seed, error, best, speed, evaluated=True):
 
 
 def test_report_groups_a_table1_shaped_sweep_over_seeds(tmp_path):
-    from capsrun.report import report_command
+    from capsrun.commands.report import report_command
 
     expected = {}
     for routing in (1, 3):
@@ -209,7 +209,7 @@ def test_report_groups_a_table1_shaped_sweep_over_seeds(tmp_path):
 
 
 def test_report_sets_capsnet_against_the_cnn_on_the_affine_test_set(tmp_path):
-    from capsrun.report import report_command
+    from capsrun.commands.report import report_command
 
     for model, errors, affine in (("capsnet", (0.8, 1.0), (20.0, 22.0)), ("baseline_cnn", (0.7, 0.9), (33.0, 35.0))):
         for seed in (0, 1):

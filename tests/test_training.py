@@ -3,8 +3,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from capsrun.data import load_splits, train_dataset
-from capsrun.training import Trainer
+from capsrun.data.pipeline import train_dataset
+from capsrun.data.splits import load_splits
+from capsrun.training.trainer import Trainer
 from tests.conftest import compose_config
 
 
@@ -16,7 +17,7 @@ def _trainer(cfg, strategy, run_dir, splits):
 def _one_step(trainer, splits):
     dataset = train_dataset(splits.train, trainer.batch_size, seed=0, epoch=0, shift_pixels=2)
     batch = next(iter(trainer.strategy.experimental_distribute_dataset(dataset)))
-    return {key: float(value) for key, value in trainer._train_step(batch, tf.constant(0.0)).items()}
+    return {key: float(value) for key, value in trainer.train_step(batch, tf.constant(0.0)).items()}
 
 
 def test_mirrored_step_on_two_devices_equals_one_device(tmp_path):

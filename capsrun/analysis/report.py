@@ -1,0 +1,266 @@
+"""Sweep tables (the engine of `capsrun report`): the jobs of a multirun folder, grouped by the
+keys the sweep varied other than the seed, as Markdown, CSV and a figure.
+
+Reads each job's `.hydra/config.yaml`, `metrics.json` and `eval.json` (layout in
+capsrun.training.run_folder). A job is a finished training run; its test numbers come from
+`capsrun eval`.
+"""
+import csv
+import difflib
+import io
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from omegaconf import OmegaConf
+
+from capsrun.config.keys import flatten_dict
+from capsrun.errors import CapsrunError
+from capsrun.training.run_folder import EVAL, METRICS, RUN_CONFIG
+
+log = logging.getLogger(__name__)
+
+
+NOT_SETTINGS = ("seed", "resume")
+
+
+X_KEY = "model.routing_iterations"
+
+
+MD_COLUMNS = ("setting", "n runs", "test error % (mean ± std)", "best val. accuracy % (mean ± std)", "images/s")
+
+
+@dataclass
+class Job:
+    """One job of the sweep: its folder, flat config {dotted key: value}, metrics.json and
+    eval.json (None where there is none)."""
+
+    folder: Path
+    config: dict
+    metrics: dict
+    evaluation: Optional[dict]
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CapsrunError(f"cannot read {path} ({error}); delete it, or rerun what writes it") from None
+
+
+def load_job(folder: Path) -> Optional[Job]:
+    """A Job, or None (with a note on stderr) when the job has not finished training."""
+    metrics_file = folder / METRICS
+    metrics = read_json(metrics_file) if metrics_file.is_file() else {}
+    if metrics.get("status") != "completed":
+        log.info(f"capsrun report: skipping {folder.name}: training {metrics.get('status', 'not started')}")
+        return None
+    try:
+        config = flatten_dict(OmegaConf.to_container(OmegaConf.load(folder / RUN_CONFIG), resolve=True))
+    except Exception as error:  # YAML or interpolation errors of a damaged file
+        raise CapsrunError(f"cannot read {folder / RUN_CONFIG} ({type(error).__name__}); "
+                           "restore it or move the job folder out of the sweep") from None
+    eval_file = folder / EVAL
+    return Job(folder, config, metrics, read_json(eval_file) if eval_file.is_file() else None)
+
+
+def _differs(jobs: Sequence[Job], key: str) -> bool:
+    return len({json.dumps(job.config.get(key), sort_keys=True) for job in jobs}) > 1
+
+
+def setting_keys(jobs: Sequence[Job], group_by: Optional[Sequence[str]] = None) -> List[str]:
+    """The keys to group by: `group_by`, else every config key whose value differs between the
+    jobs, other than the seed (routing iterations first)."""
+    if group_by:
+        known = set().union(*(job.config for job in jobs))
+        for key in group_by:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+                raise CapsrunError(f"group_by: no config key '{key}' in the jobs"
+                                   + (f"; did you mean '{close[0]}'?" if close else ""))
+        return list(group_by)
+    keys = sorted(key for key in set().union(*(job.config for job in jobs))
+                  if key not in NOT_SETTINGS and _differs(jobs, key))
+    return sorted(keys, key=lambda key: key != X_KEY)
+
+
+def _sort_value(value: Any) -> tuple:
+    return (0, value, "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, str(value))
+
+
+def _short_names(keys: Sequence[str]) -> Dict[str, str]:
+    """Dotted keys shortened to their last part where that stays unambiguous."""
+    leaves = [key.rsplit(".", 1)[-1] for key in keys]
+    return {key: leaf if leaves.count(leaf) == 1 else key for key, leaf in zip(keys, leaves, strict=True)}
+
+
+def _stats(values: Sequence[Optional[float]]) -> Tuple[Optional[float], Optional[float]]:
+    values = [value for value in values if value is not None]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else None
+    return mean, std
+
+
+def summarise(jobs: Sequence[Job], keys: Sequence[str]) -> List[dict]:
+    """One row per setting: the group's values and statistics over its runs (sample std)."""
+    groups = {}
+    for job in jobs:
+        groups.setdefault(tuple(json.dumps(job.config.get(key)) for key in keys), []).append(job)
+    names = _short_names(keys)
+    rows = []
+    for group in groups.values():
+        values = {key: group[0].config.get(key) for key in keys}
+        errors = [job.evaluation.get("test_error_percent") for job in group if job.evaluation]
+        extra = {name: _stats([job.evaluation["extra_tests"][name]["test_error_percent"] for job in group
+                               if name in (job.evaluation or {}).get("extra_tests", {})])
+                 for name in sorted({n for job in group for n in (job.evaluation or {}).get("extra_tests", {})})}
+        val = [100.0 * job.metrics["best_val_accuracy"] for job in group
+               if job.metrics.get("best_val_accuracy") is not None]
+        rows.append({
+            "setting": ", ".join(f"{names[key]}={values[key]}" for key in keys) or "all jobs",
+            "values": values,
+            "n_runs": len(group),
+            "n_evaluated": len(errors),
+            "seeds": sorted(job.config.get("seed") for job in group),
+            "test_error": _stats(errors),
+            "extra_test_errors": extra,
+            "best_val_accuracy": _stats(val),
+            "best_val_accuracy_max": max(val) if val else None,
+            "images_per_second": _stats([job.metrics.get("images_per_second") for job in group])[0],
+            "jobs": [job.name for job in group],
+        })
+    return sorted(rows, key=lambda row: [_sort_value(row["values"][key]) for key in keys])
+
+
+def _pm(stats: tuple, decimals: int) -> str:
+    mean, std = stats
+    if mean is None:
+        return "n/a"
+    return f"{mean:.{decimals}f}" + ("" if std is None else f" ± {std:.{decimals + 1}f}")
+
+
+def extra_test_names(rows: Sequence[dict]) -> List[str]:
+    """Names of the further test sets (e.g. `affine`) evaluated in any job, sorted."""
+    return sorted({name for row in rows for name in row["extra_test_errors"]})
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    extras = extra_test_names(rows)
+    columns = (*MD_COLUMNS[:3], *(f"{name} test error % (mean ± std)" for name in extras), *MD_COLUMNS[3:])
+    lines = ["| " + " | ".join(columns) + " |", "| --- |" + " ---: |" * (len(columns) - 1)]
+    for row in rows:
+        n = f"{row['n_runs']}" + ("" if row["n_evaluated"] == row["n_runs"] else f" ({row['n_evaluated']} evaluated)")
+        speed = "n/a" if row["images_per_second"] is None else f"{row['images_per_second']:.0f}"
+        extra = "".join(f"{_pm(row['extra_test_errors'].get(name, (None, None)), 2)} | " for name in extras)
+        lines.append(f"| {row['setting']} | {n} | {_pm(row['test_error'], 2)} | {extra}"
+                     f"{_pm(row['best_val_accuracy'], 2)} | {speed} |")
+    return "\n".join(lines)
+
+
+def markdown_report(sweep: Path, jobs: Sequence[Job], keys: Sequence[str], rows: Sequence[dict], skipped: int) -> str:
+    evaluated = sum(job.evaluation is not None for job in jobs)
+    seeds = sorted({job.config.get("seed") for job in jobs})
+    lines = [
+        f"# Sweep report: {sweep}", "",
+        f"{len(jobs)} completed jobs ({evaluated} evaluated on the test set"
+        + (f"; {skipped} not finished, left out" if skipped else "") + "), "
+        f"grouped by {', '.join(keys) or 'nothing (no swept key besides the seed)'}; "
+        f"seeds {', '.join(map(str, seeds))}.",
+        "Test error: `capsrun eval` (eval.json) of each job; mean ± sample standard deviation over the runs of a "
+        "setting. Best validation accuracy: each run's best epoch (metrics.json). images/s: training throughput "
+        "of the last epoch, mean over the runs.", "",
+        markdown_table(rows), "", "## Jobs", "",
+        "| job | seed | test error % | best val. accuracy % | images/s | checkpoint step |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for job in jobs:
+        error = job.evaluation.get("test_error_percent") if job.evaluation else None
+        best, speed = job.metrics.get("best_val_accuracy"), job.metrics.get("images_per_second")
+        cells = [job.name, job.config.get("seed"), "n/a" if error is None else f"{error:.2f}",
+                 "n/a" if best is None else f"{100 * best:.2f}", "n/a" if speed is None else f"{speed:.0f}",
+                 job.evaluation.get("step", "n/a") if job.evaluation else "n/a"]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_report(rows: Sequence[dict], keys: Sequence[str]) -> str:
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    extras = extra_test_names(rows)
+    writer.writerow(["setting", *keys, "n_runs", "n_evaluated", "seeds", "test_error_percent_mean",
+                     "test_error_percent_std", *(f"{name}_test_error_percent_{stat}" for name in extras
+                                                 for stat in ("mean", "std")),
+                     "best_val_accuracy_percent_mean", "best_val_accuracy_percent_std",
+                     "best_val_accuracy_percent_max", "images_per_second_mean", "jobs"])
+    for row in rows:
+        extra = [value for name in extras for value in row["extra_test_errors"].get(name, (None, None))]
+        cells = [row["test_error"][0], row["test_error"][1], *extra, row["best_val_accuracy"][0],
+                 row["best_val_accuracy"][1], row["best_val_accuracy_max"], row["images_per_second"]]
+        numbers = ["" if cell is None else repr(float(cell)) for cell in cells]
+        writer.writerow([row["setting"], *[row["values"][key] for key in keys], row["n_runs"], row["n_evaluated"],
+                         " ".join(map(str, row["seeds"])), *numbers, " ".join(row["jobs"])])
+    return text.getvalue()
+
+
+def _series_label(values: Dict[str, Any]) -> str:
+    parts = []
+    for key, value in values.items():
+        if key == "loss.recon_weight":
+            parts.append("reconstruction off" if not value else f"reconstruction on ({value})")
+        else:
+            parts.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    return ", ".join(parts) or "all jobs"
+
+
+def figure_png(rows: Sequence[dict], keys: Sequence[str], title: str, dpi: int) -> bytes:
+    """report.png: test error (validation error where no job was evaluated) by routing
+    iterations, error bars = std over the runs, one series per value of the other keys."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy: only when the figure is drawn
+    from matplotlib.figure import Figure
+
+    use_test = any(row["test_error"][0] is not None for row in rows)
+    x_key = X_KEY if X_KEY in keys else None
+    series = {}
+    for row in rows:
+        rest = {key: value for key, value in row["values"].items() if key != x_key}
+        if use_test:
+            mean, std = row["test_error"]
+        else:
+            mean, std = row["best_val_accuracy"]
+            mean = None if mean is None else 100.0 - mean
+        if mean is not None:
+            x = row["values"][x_key] if x_key else row["setting"]
+            series.setdefault(_series_label(rest) if x_key else "", []).append((x, mean, std or 0.0, row["n_runs"]))
+    figure = Figure(figsize=(6.4, 4.4))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for number, (label, points) in enumerate(series.items()):
+        xs, means, stds, _ = zip(*points, strict=True)
+        offset = (number - (len(series) - 1) / 2) * 0.04 if x_key else 0.0
+        axes.errorbar([x + offset for x in xs] if x_key else list(xs), means, yerr=stds, marker="o", capsize=4,
+                      label=label or None, linestyle="-" if x_key else "none")
+    if x_key:
+        axes.set_xlabel("routing iterations")
+        axes.set_xticks(sorted({row["values"][x_key] for row in rows}))
+    else:
+        axes.tick_params(axis="x", labelrotation=20)
+    runs = sorted({row["n_runs"] for row in rows})
+    axes.set_ylabel(("test" if use_test else "validation (no eval.json)") + " error %")
+    axes.set_title(f"{'Test' if use_test else 'Validation'} error of {title}\n"
+                   f"mean ± std over {'/'.join(map(str, runs))} run(s) per point", fontsize=10)
+    axes.grid(alpha=0.3)
+    if any(series):
+        axes.legend()
+    figure.tight_layout()
+    out = io.BytesIO()
+    figure.savefig(out, format="png", dpi=dpi)
+    return out.getvalue()

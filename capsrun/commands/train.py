@@ -1,0 +1,132 @@
+"""`capsrun train [overrides]`: thin Hydra glue around `capsrun.training.trainer.train(cfg, run_dir)`.
+
+Every job of the command line is composed and validated before Hydra writes anything
+(`check_train_overrides`); `resume=RUN_DIR` continues a run with its own overrides. Inside a
+job, the Trainer's exceptions become exit codes: CapsrunError 2, TrainingInterrupted 3,
+TrainingDiverged 4.
+"""
+import os
+import sys
+from typing import List, Sequence, Tuple
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from capsrun.commands.frontend import exit_code
+from capsrun.config.compose import check_train_overrides, config_dir, register_configs
+from capsrun.config.schema import Config
+from capsrun.errors import CapsrunError, TrainingDiverged, TrainingInterrupted
+from capsrun.training.run_folder import load_run_config, load_run_overrides
+from capsrun.training.sweeps import end_job, start_job
+
+INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
+FLAG_VALUES = {flag: None for flag in ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name",
+                                       "-cn", "--config-dir", "-cd", "--experimental-rerun")}
+FLAG_VALUES.update({"--info": INFO_CHOICES, "-i": INFO_CHOICES})
+"""Hydra flags that take a value (None: any value; else the value is optional, one of these)."""
+
+INFORMATIONAL = {"--help", "-h", "--cfg", "-c", "--info", "--hydra-help", "--shell-completion", "-sc"}
+"""Hydra flags that print and exit: the overrides are not checked, nothing runs."""
+
+
+def split_args(args: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """(Hydra flags such as -m/--cfg with their values, config overrides), in any order:
+    `capsrun train epochs=5 --cfg job` keeps `--cfg job` together."""
+    flags, overrides, index = [], [], 0
+    while index < len(args):
+        arg = args[index]
+        if not arg.startswith("-"):
+            overrides.append(arg)
+        else:
+            flags.append(arg)
+            choices = FLAG_VALUES.get(arg, ())
+            if arg in FLAG_VALUES and index + 1 < len(args) and (choices is None or args[index + 1] in choices):
+                index += 1
+                flags.append(args[index])
+        index += 1
+    return flags, overrides
+
+
+def resume_overrides(overrides: Sequence[str]) -> List[str]:
+    """`resume=RUN_DIR` continues that run in its own folder with its own overrides; later
+    overrides on the command line (e.g. a larger `epochs`) apply on top."""
+    resume = [o for o in overrides if o.startswith("resume=")]
+    if not resume:
+        return list(overrides)
+    run_dir = os.path.abspath(resume[-1].split("=", 1)[1])
+    load_run_config(run_dir)
+    saved = load_run_overrides(run_dir)
+    rest = [o for o in overrides if not o.startswith("resume=")]
+    merged = {}
+    for override in [o for o in saved if not o.startswith(("resume=", "hydra."))] + rest:
+        merged[override.split("=", 1)[0]] = override
+    keep_dir = any(o.startswith("hydra.run.dir=") for o in rest)
+    return list(merged.values()) + [f"resume={run_dir}"] + ([] if keep_dir else [f"hydra.run.dir={run_dir}"])
+
+
+def check_output_location(overrides: Sequence[str]) -> None:
+    """The run folder (hydra.run.dir, or outputs/ under the working directory) must be creatable:
+    its nearest existing ancestor has to be a writable folder."""
+    run_dirs = [o.split("=", 1)[1] for o in overrides if o.startswith(("hydra.run.dir=", "hydra.sweep.dir="))]
+    for run_dir in run_dirs or ["outputs"]:
+        path = os.path.abspath(run_dir)
+        while not os.path.exists(path):
+            path = os.path.dirname(path)
+        if not os.path.isdir(path) or not os.access(path, os.W_OK):
+            raise CapsrunError(f"cannot create run folder {run_dir}: {path} is not a writable folder; "
+                               "set hydra.run.dir to a writable location")
+
+
+def check_resumable(cfg: DictConfig) -> None:
+    """A resumed run must keep the model and data it was trained with (its checkpoints would not
+    fit). The saved config is read on the schema, so that keys added since (with their defaults)
+    compare equal."""
+    saved = OmegaConf.merge(OmegaConf.structured(Config), load_run_config(cfg.resume))
+    for section in ("model", "data"):
+        keys = ("name", "path") if section == "data" else OmegaConf.to_container(saved.model).keys()
+        for key in keys:
+            before, after = OmegaConf.select(saved, f"{section}.{key}"), OmegaConf.select(cfg, f"{section}.{key}")
+            if before != after:
+                raise CapsrunError(f"cannot resume {cfg.resume} with a different {section}.{key} "
+                                   f"({before} -> {after}); start a new run instead")
+
+
+def train_job(cfg: DictConfig) -> float:
+    """One Hydra job: trains in the job's output folder; returns the best validation accuracy
+    (the value Hydra sweepers such as Optuna maximise). Failures end the process with their exit
+    code; the jobs of a sweep run one after another in this process, so each starts clean."""
+    from capsrun.training.trainer import train  # loads TensorFlow: only once the configs are checked
+
+    start_job()
+    try:
+        metrics = train(cfg, HydraConfig.get().runtime.output_dir)
+    except (CapsrunError, TrainingInterrupted, TrainingDiverged) as error:
+        raise SystemExit(exit_code("train", error)) from None
+    finally:
+        end_job()
+    return metrics.get("best_val_accuracy")
+
+
+def run_hydra(argv: Sequence[str]) -> int:
+    """Runs the Hydra app of `capsrun train` with `argv` as its command line."""
+    register_configs()
+    app = hydra.main(config_path=config_dir(), config_name="config", version_base="1.3")(train_job)
+    saved_argv = sys.argv
+    sys.argv = ["capsrun train", *argv]
+    try:
+        app()
+    finally:
+        sys.argv = saved_argv
+    return 0
+
+
+def train_command(args: List[str]) -> int:
+    flags, overrides = split_args(args)
+    overrides = resume_overrides(overrides)
+    if not INFORMATIONAL.intersection(flags):
+        check_output_location(overrides)
+        configs = check_train_overrides(overrides)
+        if any(o.startswith("resume=") for o in overrides):
+            check_resumable(configs[0])
+    return run_hydra(flags + overrides)

@@ -1,0 +1,119 @@
+"""Range and combination checks of a composed `capsrun train` config (types and unknown keys are
+already caught by the schema). Every failure is a CapsrunError with a one-line message, raised
+before anything is written."""
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig
+
+from capsrun.config.schema import DATA_NAMES, JIT_CHOICES, PRECISIONS, STRATEGIES
+from capsrun.errors import CapsrunError
+from capsrun.models.registry import MODELS
+from capsrun.models.routing import ROUTINGS
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise CapsrunError(message)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raises CapsrunError with a one-line message for the first value that cannot work."""
+    _check(cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}")
+    _check(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
+    data, model, loss, opt, trainer = cfg.data, cfg.model, cfg.loss, cfg.optimizer, cfg.trainer
+    _check(data.val_size >= 0, f"data.val_size must be >= 0, got {data.val_size}")
+    _check(
+        data.path is None or Path(data.path).expanduser().exists(),
+        f"data.path {data.path} does not exist; point it at an IDX folder or a .npz file, or set data.path=null",
+    )
+    for key in ("train_size", "test_size"):
+        value = data[key]
+        _check(value is None or value >= 1, f"data.{key} must be null or >= 1, got {value}")
+    _check(0 <= data.shift_pixels <= 8, f"data.shift_pixels must be in [0, 8], got {data.shift_pixels}")
+    _check(data.name in DATA_NAMES, f"data.name must be one of {', '.join(DATA_NAMES)}; got '{data.name}'")
+    _check(
+        data.image_size is None or (len(data.image_size) == 2 and min(data.image_size) >= 8),
+        f"data.image_size must be null or [height, width] of at least 8 pixels, got {data.image_size}",
+    )
+    _check(data.channels in (None, 1, 3), f"data.channels must be null, 1 or 3, got {data.channels}")
+    _check(0 < data.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {data.test_fraction}")
+    _check(data.canvas_size is None or data.canvas_size >= 8, "data.canvas_size must be null or >= 8")
+    affine = data.affine
+    _check(0 <= affine.rotation_degrees <= 180, "data.affine.rotation_degrees must be in [0, 180]")
+    _check(affine.shear >= 0 and affine.translation >= 0, "data.affine.shear and translation must be >= 0")
+    _check(0 < affine.scale_min <= affine.scale_max, "data.affine needs 0 < scale_min <= scale_max")
+    _check(model.name in MODELS, f"model.name must be one of {', '.join(MODELS)}; got '{model.name}'")
+    _check(model.routing in ROUTINGS, f"model.routing must be one of {', '.join(ROUTINGS)}; got '{model.routing}'")
+    _check(
+        not (model.name == "baseline_cnn" and data.name == "multimnist"),
+        "model=baseline_cnn classifies one object per image; use model=capsnet for data=multimnist",
+    )
+    _check(
+        data.name != "multimnist" or data.shift_pixels == 0,
+        "data=multimnist digits are already shifted when generated; set data.shift_pixels=0",
+    )
+    mm = data.multimnist
+    _check(mm.pairs_per_digit >= 1 and mm.max_shift >= 0, "data.multimnist needs pairs_per_digit >= 1, max_shift >= 0")
+    _check(mm.canvas_size >= 28 + 2 * mm.max_shift,
+           f"data.multimnist.canvas_size must be >= 28 + 2 * max_shift ({28 + 2 * mm.max_shift})")
+    _check(0 <= model.dropout < 1, f"model.dropout must be in [0, 1), got {model.dropout}")
+    _check(all(v >= 1 for v in [*model.cnn_channels, *model.fc_units, model.cnn_kernel]),
+           "model.cnn_channels, model.cnn_kernel and model.fc_units must all be >= 1")
+    _check(
+        model.routing_iterations >= 1,
+        f"model.routing_iterations must be >= 1, got {model.routing_iterations}",
+    )
+    for key in ("conv1_filters", "conv1_kernel", "primary_maps", "primary_dim", "primary_kernel",
+                "primary_strides", "digit_dim"):
+        _check(model[key] >= 1, f"model.{key} must be >= 1, got {model[key]}")
+    _check(all(units >= 1 for units in model.decoder_units), "model.decoder_units must all be >= 1")
+    for key in ("m_plus", "m_minus"):
+        _check(0.0 <= loss[key] <= 1.0, f"loss.{key} must be in [0, 1], got {loss[key]}")
+    _check(
+        loss.m_minus < loss.m_plus,
+        f"loss.m_minus ({loss.m_minus}) must be smaller than loss.m_plus ({loss.m_plus})",
+    )
+    _check(loss.lambda_ >= 0, f"loss.lambda_ must be >= 0, got {loss.lambda_}")
+    _check(loss.recon_weight >= 0, f"loss.recon_weight must be >= 0, got {loss.recon_weight}")
+    _check(opt.name == "adam", f"optimizer.name must be 'adam', got '{opt.name}'")
+    _check(opt.lr > 0, f"optimizer.lr must be > 0, got {opt.lr}")
+    _check(0 < opt.decay_rate <= 1, f"optimizer.decay_rate must be in (0, 1], got {opt.decay_rate}")
+    _check(opt.epsilon > 0, f"optimizer.epsilon must be > 0, got {opt.epsilon}")
+    _check(
+        trainer.strategy in STRATEGIES,
+        f"trainer.strategy must be one of {', '.join(STRATEGIES)}; got '{trainer.strategy}'",
+    )
+    _check(
+        str(trainer.jit_compile).lower() in JIT_CHOICES,
+        f"trainer.jit_compile must be auto, true or false; got '{trainer.jit_compile}'",
+    )
+    _check(
+        trainer.mixed_precision in PRECISIONS,
+        f"trainer.mixed_precision must be one of {', '.join(PRECISIONS)}; got '{trainer.mixed_precision}'",
+    )
+    _check(
+        trainer.cpu_devices is None or trainer.cpu_devices >= 1,
+        f"trainer.cpu_devices must be null or >= 1, got {trainer.cpu_devices}",
+    )
+    _check(
+        trainer.max_grad_norm is None or trainer.max_grad_norm > 0,
+        f"trainer.max_grad_norm must be null or > 0, got {trainer.max_grad_norm}",
+    )
+    for key in ("log_every_steps", "keep_checkpoints", "num_recon_images"):
+        _check(trainer[key] >= 1, f"trainer.{key} must be >= 1, got {trainer[key]}")
+    for key in ("checkpoint_every_steps", "eval_batch_size"):
+        value = trainer[key]
+        _check(value is None or value >= 1, f"trainer.{key} must be null or >= 1, got {value}")
+
+
+def test_size_setting(value: Any, run_value: Optional[int]) -> Optional[int]:
+    """The test-set size to use: `null` keeps the run's data.test_size, `all` means every test
+    image, a number N the first N."""
+    if value is None:
+        return run_value
+    if str(value).lower() == "all":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise CapsrunError(f"data.test_size must be null (the run's), all, or a number >= 1; got '{value}'")
+    return value

@@ -1,0 +1,151 @@
+"""The CapsNet of Sabour, Frost & Hinton (2017): conv -> primary capsules -> digit capsules -> decoder.
+
+Default sizes give the 8,215,568 trainable parameters of the reference implementation:
+conv1 20,992 + primary caps 5,308,672 + W 1,474,560 + decoder 1,411,344.
+Everything is derived from the input shape and the number of classes.
+"""
+from typing import Any, Dict, Optional, Sequence
+
+import keras
+import tensorflow as tf
+
+from capsrun.models.base import CAPSULES, RECONSTRUCTIONS, SCORES, InputSpec
+from capsrun.models.layers import DigitCaps, PrimaryCaps
+from capsrun.models.losses import CapsuleLoss
+from capsrun.models.ops import safe_norm, top_labels
+
+
+@keras.saving.register_keras_serializable(package="capsrun")
+class Decoder(keras.layers.Layer):
+    """Regenerates an image from the masked digit capsules.
+
+    Input: masked capsules float32 [B, J, D]. Output: float32 [B, H, W, C] in [0, 1] (sigmoid).
+    """
+
+    def __init__(self, hidden_units: Sequence[int], image_shape: Sequence[int], **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_units = tuple(int(units) for units in hidden_units)
+        self.image_shape = tuple(int(s) for s in image_shape)
+        # Layers are attributes, not a list: tf.train.Checkpoint does not follow Keras' lists.
+        self.hidden_names = tuple(f"fc{index + 1}" for index in range(len(hidden_units)))
+        for name, units in zip(self.hidden_names, hidden_units):
+            setattr(self, name, keras.layers.Dense(units, activation="relu", name=name))
+        pixels = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
+        self.output_layer = keras.layers.Dense(pixels, activation="sigmoid", name="pixels")
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "hidden_units": list(self.hidden_units), "image_shape": list(self.image_shape)}
+
+    def call(self, masked_capsules: tf.Tensor) -> tf.Tensor:
+        flat = tf.reshape(masked_capsules, [tf.shape(masked_capsules)[0], -1])
+        for name in self.hidden_names:
+            flat = getattr(self, name)(flat)
+        pixels = tf.cast(self.output_layer(flat), tf.float32)
+        return tf.reshape(pixels, [-1, *self.image_shape])
+
+
+class CapsNet(keras.Model):
+    """Capsule network with a reconstruction decoder; fulfils `capsrun.models.base.CapsuleModel`.
+
+    call(images, labels=None) -> {"scores": capsule lengths [B, J], "capsules": v [B, J, D],
+    "reconstructions": [B, H, W, C] or [B, T, H, W, C]}; the decoder is masked by `labels` when
+    given (training), else by the predicted class(es). Images float [B, H, W, C] in [0, 1];
+    labels int [B], or int [B, T] for images holding T digits (MultiMNIST, num_targets=T), whose
+    reconstructions are then one per digit. No batch size is baked in.
+    """
+
+    def __init__(
+        self,
+        image_shape=(28, 28, 1),
+        num_classes=10,
+        conv1_filters=256,
+        conv1_kernel=9,
+        primary_maps=32,
+        primary_dim=8,
+        primary_kernel=9,
+        primary_strides=2,
+        digit_dim=16,
+        routing_iterations=3,
+        decoder_units=(512, 1024),
+        num_targets=1,
+        routing="dynamic",
+        loss: Optional[CapsuleLoss] = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.loss_fn = loss or CapsuleLoss()
+        self.image_shape = tuple(int(s) for s in image_shape)
+        self.num_classes = int(num_classes)
+        self.num_targets = int(num_targets)
+        self.conv1 = keras.layers.Conv2D(
+            conv1_filters, conv1_kernel, activation="relu", padding="valid", name="conv1"
+        )
+        self.primary_caps = PrimaryCaps(
+            primary_maps, primary_dim, primary_kernel, primary_strides, name="primary_caps"
+        )
+        self.digit_caps = DigitCaps(
+            self.num_classes, digit_dim, routing_iterations, routing=routing, dtype="float32", name="digit_caps"
+        )
+        self.decoder = Decoder(decoder_units, self.image_shape, name="decoder")
+
+    def build_for_inputs(self) -> None:
+        """Creates all weights by running one zero image through the network."""
+        self(tf.zeros([1, *self.image_shape]), training=False)
+
+    def capsules(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Digit capsules v [B, J, D] float32 for images [B, H, W, C]."""
+        features = self.conv1(tf.cast(images, self.compute_dtype))
+        return self.digit_caps(self.primary_caps(features))
+
+    @staticmethod
+    def lengths(capsules: tf.Tensor) -> tf.Tensor:
+        """Capsule lengths [B, J] float32: the network's confidence in each class."""
+        return safe_norm(capsules, axis=-1)
+
+    def predict_labels(self, scores: tf.Tensor) -> tf.Tensor:
+        """The predicted class int32 [B], or for num_targets T > 1 the T classes with the longest
+        capsules, in increasing class order, int32 [B, T]."""
+        return top_labels(scores, self.num_targets)
+
+    def reconstruct(self, capsules: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
+        """Images regenerated from the capsules of `labels` only: labels int [B] -> [B, H, W, C];
+        labels int [B, K] -> [B, K, H, W, C], each image from one capsule alone."""
+        if labels.shape.rank == 2:
+            return tf.stack([self.reconstruct(capsules, labels[:, k]) for k in range(labels.shape[1])], axis=1)
+        mask = tf.one_hot(labels, self.num_classes, dtype=capsules.dtype)
+        return self.decoder(capsules * mask[:, :, None])
+
+    def compute_losses(self, outputs: Dict[str, tf.Tensor], labels: tf.Tensor,
+                       targets: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """Per-example float32 [B] `margin`, `reconstruction` and `total` (see CapsuleLoss)."""
+        return self.loss_fn(outputs[SCORES], labels, targets, outputs[RECONSTRUCTIONS])
+
+    def call(self, images: tf.Tensor, labels: tf.Tensor = None, training: bool = False) -> Dict[str, tf.Tensor]:
+        capsules = self.capsules(images, training=training)
+        lengths = self.lengths(capsules)
+        if labels is None:
+            labels = self.predict_labels(lengths)
+        return {CAPSULES: capsules, SCORES: lengths, RECONSTRUCTIONS: self.reconstruct(capsules, labels)}
+
+
+def build(model_cfg: Any, loss_cfg: Any, spec: InputSpec) -> CapsNet:
+    """A built CapsNet for the `model` and `loss` config groups and the data's InputSpec."""
+    model = CapsNet(
+        image_shape=spec.image_shape,
+        num_classes=spec.num_classes,
+        conv1_filters=model_cfg.conv1_filters,
+        conv1_kernel=model_cfg.conv1_kernel,
+        primary_maps=model_cfg.primary_maps,
+        primary_dim=model_cfg.primary_dim,
+        primary_kernel=model_cfg.primary_kernel,
+        primary_strides=model_cfg.primary_strides,
+        digit_dim=model_cfg.digit_dim,
+        routing_iterations=model_cfg.routing_iterations,
+        decoder_units=tuple(model_cfg.decoder_units),
+        num_targets=spec.num_targets,
+        routing=model_cfg.routing,
+        loss=CapsuleLoss.from_config(loss_cfg),
+        name="capsnet",
+    )
+    model.build_for_inputs()
+    return model

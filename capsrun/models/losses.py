@@ -1,0 +1,73 @@
+"""Loss terms, per example, in float32: margin loss (eq. 4), reconstruction loss, cross-entropy.
+
+Convention (as in the paper and its reference code): the reconstruction loss of one example is
+the SUM of squared pixel errors over all pixels (784 for MNIST), and `recon_weight` (0.0005)
+multiplies that sum. Scaling a per-pixel MEAN by 0.0005 instead would make the regulariser
+784x weaker than the paper's.
+
+Shapes: B batch, J classes, T objects per image, H, W, C image.
+"""
+from dataclasses import dataclass
+from typing import Any, Dict
+
+import tensorflow as tf
+
+
+def margin_loss(lengths: tf.Tensor, targets: tf.Tensor, m_plus: float = 0.9, m_minus: float = 0.1,
+                lambda_: float = 0.5) -> tf.Tensor:
+    """Eq. 4 of the paper, summed over classes.
+
+    lengths: float32 [B, J] capsule lengths. targets: float32 [B, J], 1 for every class present
+    (one-hot for MNIST, two-hot for MultiMNIST). Returns float32 [B]:
+    sum_k T_k max(0, m+ - |v_k|)^2 + lambda (1 - T_k) max(0, |v_k| - m-)^2.
+    """
+    present = targets * tf.square(tf.nn.relu(m_plus - lengths))
+    absent = lambda_ * (1.0 - targets) * tf.square(tf.nn.relu(lengths - m_minus))
+    return tf.reduce_sum(present + absent, axis=-1)
+
+
+def reconstruction_loss(images: tf.Tensor, reconstructions: tf.Tensor) -> tf.Tensor:
+    """Sum of squared errors per example. images, reconstructions: [B, ...] alike. Returns [B]."""
+    errors = tf.square(tf.cast(images, tf.float32) - tf.cast(reconstructions, tf.float32))
+    return tf.reduce_sum(tf.reshape(errors, [tf.shape(errors)[0], -1]), axis=-1)
+
+
+def class_targets(labels: tf.Tensor, num_classes: int) -> tf.Tensor:
+    """float32 [B, J]: 1 for every class in `labels` (int [B], or int [B, T] for T objects)."""
+    targets = tf.one_hot(labels, num_classes, dtype=tf.float32)
+    return tf.reduce_max(targets, axis=-2) if labels.shape.rank == 2 else targets
+
+
+@dataclass(frozen=True)
+class CapsuleLoss:
+    """The paper's loss: margin loss on the capsule lengths plus `recon_weight` times the
+    reconstruction loss (the `loss` config group)."""
+
+    m_plus: float = 0.9
+    m_minus: float = 0.1
+    lambda_: float = 0.5
+    recon_weight: float = 0.0005
+
+    @classmethod
+    def from_config(cls, loss_cfg: Any) -> "CapsuleLoss":
+        """From the `loss` config group (m_plus, m_minus, lambda_, recon_weight)."""
+        return cls(float(loss_cfg.m_plus), float(loss_cfg.m_minus), float(loss_cfg.lambda_),
+                   float(loss_cfg.recon_weight))
+
+    def __call__(self, lengths: tf.Tensor, labels: tf.Tensor, targets: tf.Tensor,
+                 reconstructions: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """Per-example float32 [B] `margin`, `reconstruction` and `total`.
+
+        lengths [B, J]; labels int [B] or [B, T] (every listed class is a margin-loss target);
+        targets and reconstructions [B, H, W, C], or [B, T, H, W, C] for one per object.
+        """
+        margin = margin_loss(lengths, class_targets(labels, lengths.shape[-1]), self.m_plus, self.m_minus,
+                             self.lambda_)
+        reconstruction = reconstruction_loss(targets, reconstructions)
+        return {"margin": margin, "reconstruction": reconstruction,
+                "total": margin + self.recon_weight * reconstruction}
+
+
+def cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Softmax cross-entropy float32 [B] of int labels [B] and logits [B, J]."""
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)

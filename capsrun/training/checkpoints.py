@@ -1,0 +1,95 @@
+"""Checkpoints of a run: `checkpoints/last` and `checkpoints/best` (layout in `run_folder`), the
+progress counters saved with them, restoring and finding them."""
+from pathlib import Path
+from typing import Any, Optional
+
+import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+from capsrun.errors import CapsrunError
+from capsrun.training.run_folder import CHECKPOINT_KINDS, CHECKPOINTS, PathLike
+
+
+class TrainingProgress(tf.Module):
+    """Counters saved with every checkpoint: epoch (completed epochs), step_in_epoch (steps of the
+    current epoch already trained), best_val_accuracy."""
+
+    def __init__(self) -> None:
+        super().__init__(name="progress")
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.step_in_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="step_in_epoch")
+        self.best_val_accuracy = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_val_accuracy")
+
+
+class RunCheckpoints:
+    """`checkpoints/last` (keep the newest `keep`) and `checkpoints/best` (keep 1) of a run.
+
+    TensorFlow writes a checkpoint's data files first and updates the `checkpoint` index file
+    atomically afterwards, so a crash while saving leaves the previous checkpoint in use.
+    """
+
+    def __init__(self, run_dir: PathLike, model: Any, optimizer: Any, progress: TrainingProgress, keep: int = 3):
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, progress=progress)
+        root = Path(run_dir) / CHECKPOINTS
+        self.last = tf.train.CheckpointManager(self.checkpoint, str(root / "last"), max_to_keep=keep)
+        self.best = tf.train.CheckpointManager(self.checkpoint, str(root / "best"), max_to_keep=1)
+
+    def save_last(self, step: int) -> str:
+        return self.last.save(checkpoint_number=step)
+
+    def save_best(self, step: int) -> str:
+        return self.best.save(checkpoint_number=step)
+
+    def restore(self, path: str) -> None:
+        """Restores model, optimizer and progress from `path` (a checkpoint prefix)."""
+        restore_checkpoint(self.checkpoint, path)
+
+
+def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str, partial: bool = False) -> None:
+    """Restores `checkpoint` from `path`; an incompatible or damaged file is a CapsrunError."""
+    try:
+        status = checkpoint.restore(path)
+        if partial:
+            status.expect_partial()
+        status.assert_existing_objects_matched()
+    except (ValueError, AssertionError, IndexError, KeyError, tf.errors.OpError) as error:
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise CapsrunError(
+            f"checkpoint {path} cannot be restored into this model/config ({detail}); "
+            "check that the model settings are unchanged, or delete the damaged checkpoint files"
+        ) from None
+
+
+def saved_variable_count(path: str, child: str = "model") -> int:
+    """How many variables the checkpoint at `path` holds below its root's `child` object (e.g. the
+    model's weights), read from the checkpoint's object graph (variable names show only one of
+    the paths that reach a variable, so they cannot be counted by prefix)."""
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    roots = [ref.node_id for ref in graph.nodes[0].children if ref.local_name == child]
+    seen, stack = set(), list(roots)
+    while stack:
+        node = stack.pop()
+        if node not in seen:
+            seen.add(node)
+            stack.extend(ref.node_id for ref in graph.nodes[node].children)
+    return sum(1 for node in seen if any(attr.name == "VARIABLE_VALUE" for attr in graph.nodes[node].attributes))
+
+
+def latest_checkpoint(run_dir: PathLike, kind: str = "last") -> Optional[str]:
+    """The newest checkpoint prefix in `checkpoints/<kind>` of a run folder, or None."""
+    return tf.train.latest_checkpoint(str(Path(run_dir) / CHECKPOINTS / kind))
+
+
+def find_checkpoint(run_dir: PathLike, which: str = "best") -> str:
+    """The checkpoint prefix for `which` = last | best | an explicit checkpoint path."""
+    if which in CHECKPOINT_KINDS:
+        path = latest_checkpoint(run_dir, which)
+        if path is None and which == "best":
+            path = latest_checkpoint(run_dir, "last")
+        if path is None:
+            raise CapsrunError(f"run {run_dir} has no checkpoint yet; train it first (capsrun train)")
+        return path
+    if not tf.io.gfile.exists(f"{which}.index"):
+        raise CapsrunError(f"checkpoint {which} does not exist (expected {which}.index); use checkpoint=last|best|PATH")
+    return which

@@ -1,0 +1,115 @@
+"""The layout of a run folder, owned here and nowhere else, and finding runs on disk.
+
+A run folder (a Hydra output folder):
+  .hydra/            config.yaml (resolved run config), overrides.yaml, hydra.yaml
+  checkpoints/last/  model + optimizer + progress, every epoch (and every N steps if asked)
+  checkpoints/best/  the checkpoint with the best validation accuracy so far
+  tensorboard/       event files
+  train.log          the log
+  metrics.json       summary, rewritten atomically after every epoch
+  eval.json ...      written by `capsrun eval` (and the figures of eval and visualize)
+
+This module imports no TensorFlow (`capsrun report` and config checks use it).
+"""
+import os
+import re
+from pathlib import Path
+from typing import Any, List, Sequence, Union
+
+from omegaconf import DictConfig, OmegaConf
+
+from capsrun.atomic import unwritable_reason
+from capsrun.errors import CapsrunError
+
+RUN_CONFIG = Path(".hydra") / "config.yaml"
+RUN_OVERRIDES = Path(".hydra") / "overrides.yaml"
+CHECKPOINTS = "checkpoints"
+CHECKPOINT_KINDS = ("last", "best")
+TENSORBOARD = "tensorboard"
+METRICS = "metrics.json"
+EVAL = "eval.json"
+
+PathLike = Union[str, Path]
+
+
+def is_run(folder: PathLike) -> bool:
+    """True when `folder` is a run folder (it holds the run's resolved config)."""
+    return (Path(folder) / RUN_CONFIG).is_file()
+
+
+def load_run_config(run_dir: PathLike) -> DictConfig:
+    """The resolved config a run was trained with (its `.hydra/config.yaml`)."""
+    if not Path(run_dir).is_dir():
+        raise CapsrunError(f"run folder {run_dir} does not exist")
+    if not is_run(run_dir):
+        raise CapsrunError(f"{run_dir} is not a capsrun run folder (no {RUN_CONFIG})")
+    return OmegaConf.load(Path(run_dir) / RUN_CONFIG)
+
+
+def load_run_overrides(run_dir: PathLike) -> List[str]:
+    """The command-line overrides the run was started with (its `.hydra/overrides.yaml`)."""
+    return list(OmegaConf.load(Path(run_dir) / RUN_OVERRIDES))
+
+
+def check_writable(folder: PathLike) -> None:
+    """Fails early, before any training, when the run folder cannot be written."""
+    reason = unwritable_reason(folder)
+    if reason:
+        raise CapsrunError(f"run folder {folder} is not writable ({reason}); choose another hydra.run.dir")
+
+
+def natural_key(text: Any) -> list:
+    """Sort key that puts `seed=2` before `seed=10`."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(text))]
+
+
+def checkpoint_step(path: PathLike) -> int:
+    """The global step in a checkpoint prefix such as `.../ckpt-1875` (0 if it has none)."""
+    suffix = str(path).rsplit("-", 1)[-1]
+    return int(suffix) if suffix.isdigit() else 0
+
+
+def expand_run_dirs(spec: Union[PathLike, Sequence[PathLike]]) -> List[Path]:
+    """A run folder, a list of them, or a multirun folder (whose job folders are runs) -> the
+    list of run folders (absolute Paths, no duplicates, multirun jobs in name order)."""
+    items = list(spec) if OmegaConf.is_list(spec) or isinstance(spec, (list, tuple)) else [spec]
+    runs: List[Path] = []
+    for item in items:
+        folder = Path(os.path.expanduser(str(item))).absolute()
+        if not folder.is_dir():
+            raise CapsrunError(f"run folder {folder} does not exist")
+        if is_run(folder):
+            found = [folder]
+        else:
+            runs_inside = (child for child in folder.iterdir() if child.is_dir() and is_run(child))
+            found = sorted(runs_inside, key=lambda path: natural_key(path.name))
+            if not found:
+                raise CapsrunError(f"{folder} is not a capsrun run folder (no {RUN_CONFIG}) nor a multirun "
+                                   "folder of runs; pass the folder that capsrun train wrote")
+        runs.extend(run for run in found if run not in runs)
+    return runs
+
+
+def single_run(spec: Union[PathLike, Sequence[PathLike]], command: str) -> Path:
+    """The one run folder of `run_dir=` for commands that take exactly one run."""
+    runs = expand_run_dirs(spec)
+    if len(runs) != 1:
+        raise CapsrunError(f"capsrun {command} takes one run, got {len(runs)}; pass run_dir=ONE_RUN_FOLDER")
+    return runs[0]
+
+
+def find_jobs(sweep_dir: PathLike) -> tuple:
+    """(the sweep folder, its job folders): every run folder anywhere below `sweep_dir` (Hydra's
+    launchers may nest them), in natural order, without submitit's own folders."""
+    sweep = Path(sweep_dir).expanduser().absolute()
+    fix = "pass the folder that `capsrun train -m` wrote (outputs/multirun/DATE/TIME)"
+    if not sweep.is_dir():
+        raise CapsrunError(f"sweep_dir {sweep} is not a folder; {fix}")
+    if is_run(sweep):
+        raise CapsrunError(f"{sweep} is a single run, not a sweep; {fix}")
+    jobs = sorted({path.parent.parent for path in sweep.rglob(RUN_CONFIG.as_posix())
+                   if ".submitit" not in path.relative_to(sweep).parts},
+                  key=lambda folder: natural_key(folder.relative_to(sweep)))
+    if not jobs:
+        raise CapsrunError(f"{sweep} holds no job folders (none with {RUN_CONFIG}); {fix}")
+    return sweep, jobs

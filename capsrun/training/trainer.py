@@ -1,0 +1,382 @@
+"""Training: `train(cfg, run_dir)` builds everything from the config and runs the Trainer.
+
+The Trainer follows TF Model Garden's orbit pattern: `train_loop_begin` (an epoch's data),
+`train_step` (one compiled, distributed step), `train_loop_end` (validation, summaries,
+checkpoints). The strategy is the one whose scope the Trainer is created under. The Trainer never
+prints or exits: a stop request raises TrainingInterrupted, a non-finite loss TrainingDiverged,
+bad input CapsrunError; the `train` command maps them to exit codes 3, 4 and 2.
+
+Shapes: B global batch, b one replica's share of it, H, W, C image, T objects per image.
+"""
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import keras
+import numpy as np
+import tensorflow as tf
+from omegaconf import DictConfig
+
+from capsrun.atomic import write_json_atomic
+from capsrun.config.validation import validate
+from capsrun.data import pipeline
+from capsrun.data.splits import DataSplits, load_splits
+from capsrun.errors import CapsrunError, TrainingDiverged, TrainingInterrupted
+from capsrun.logs import quiet_tensorflow
+from capsrun.models.base import RECONSTRUCTIONS, InputSpec
+from capsrun.models.registry import build_model
+from capsrun.training.checkpoints import RunCheckpoints, TrainingProgress, latest_checkpoint
+from capsrun.training.distribute import check_batch_size, is_chief, make_strategy, setup_devices, use_jit
+from capsrun.training.evaluator import Evaluator
+from capsrun.training.run_folder import METRICS, TENSORBOARD, PathLike, check_writable
+from capsrun.training.signals import StopRequested
+from capsrun.training.steps import NOT_LOSSES, batch_sums
+from capsrun.training.summaries import (
+    image_grid,
+    truncate_events,
+    write_final_metrics,
+    write_hparams,
+    write_scalars,
+)
+
+log = logging.getLogger(__name__)
+
+Sums = Dict[str, float]
+
+
+def make_optimizer(opt_cfg: Any, steps_per_epoch: int, mixed_precision: str) -> keras.optimizers.Optimizer:
+    """Adam with lr * decay_rate ** epoch (staircase per epoch, keyed on the optimizer's own
+    iteration count, so a restored optimizer resumes the schedule where it stopped)."""
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        opt_cfg.lr, decay_steps=max(steps_per_epoch, 1), decay_rate=opt_cfg.decay_rate, staircase=True
+    )
+    optimizer = keras.optimizers.Adam(learning_rate=schedule, epsilon=opt_cfg.epsilon)
+    if mixed_precision == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def _add(totals: Sums, sums: Sums) -> None:
+    for key, value in sums.items():
+        totals[key] = totals.get(key, 0.0) + value
+
+
+def per_example(sums: Sums, count: int) -> Sums:
+    """Sums of `batch_sums` over `count` examples -> the mean loss terms and the accuracy."""
+    count = max(count, 1)
+    values = {key: value / count for key, value in sums.items() if key not in NOT_LOSSES}
+    values["accuracy"] = sums.get("correct", 0.0) / count
+    return values
+
+
+class Trainer:
+    """Runs the epochs of one run in `run_dir`; `fit()` returns the final metrics dict.
+
+    Create it under the scope of nothing: the model and optimizer are created under
+    `strategy.scope()` here.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: PathLike, strategy: tf.distribute.Strategy, splits: DataSplits):
+        self.cfg, self.run_dir, self.strategy, self.splits = cfg, Path(run_dir), strategy, splits
+        self.batch_size = cfg.batch_size
+        self.steps_per_epoch = pipeline.steps_per_epoch(splits.train, cfg.batch_size)
+        jit = use_jit(cfg.trainer)
+        spec = InputSpec(splits.image_shape, splits.num_classes, splits.num_targets)
+        with strategy.scope():
+            self.model = build_model(cfg.model, cfg.loss, spec)
+            self.optimizer = make_optimizer(cfg.optimizer, self.steps_per_epoch, cfg.trainer.mixed_precision)
+            # Keras 3 optimizers must create their slots eagerly under a strategy (keras#23085).
+            self.optimizer.build(self.model.trainable_variables)
+            self.progress = TrainingProgress()
+        self.checkpoints = RunCheckpoints(
+            run_dir, self.model, self.optimizer, self.progress, cfg.trainer.keep_checkpoints)
+        self.evaluator = Evaluator(self.model, strategy, cfg.trainer.eval_batch_size or cfg.batch_size,
+                                   jit_compile=jit)
+        self.writer = tf.summary.create_file_writer(str(self.run_dir / TENSORBOARD))
+        replica_step = tf.function(self._replica_step, jit_compile=jit, reduce_retracing=True)
+        self._step = tf.function(
+            lambda batch, stop: self._reduce(strategy.run(replica_step, args=(batch, stop))), reduce_retracing=True
+        )
+        self.history: List[dict] = []
+        self.resumed_from: Optional[str] = None
+
+    # -- one step -------------------------------------------------------------------------------
+
+    def train_step(self, batch: tuple, stop: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """One compiled step on a distributed global batch (uint8 images [B, H, W, C], int32 labels
+        [B] or [B, T][, uint8 components [B, T, H, W, C]]); `stop` float32 scalar, 1 where this
+        process received SIGTERM/SIGINT. Returns the sums over the global batch (`batch_sums`),
+        plus `non_finite` (> 0 when the loss or gradients were not finite) and `stop` (> 0 when
+        any replica of any worker asked to stop)."""
+        return self._step(batch, stop)
+
+    def _replica_step(self, batch: tuple, stop: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """One replica's share b of a global batch.
+
+        Losses are summed over the replica's examples and divided by the GLOBAL batch size, so
+        that the gradients the optimizer sums over replicas equal those of the whole batch on one
+        device. Under mixed_float16 the loss is multiplied by the dynamic loss scale before the
+        gradient and the optimizer (a LossScaleOptimizer) divides the gradients by it again. The
+        stop flags are summed with the metrics, so that every worker stops after the same step.
+        """
+        images, labels, components = pipeline.unpack(batch)
+        variables = self.model.trainable_variables
+        with tf.GradientTape() as tape:
+            outputs = self.model(images, labels=labels, training=True)
+            sums = batch_sums(self.model, outputs, images, labels, components)
+            loss = sums["loss"] / self.batch_size
+            scaled_loss = self.optimizer.scale_loss(loss)
+        gradients = tape.gradient(scaled_loss, variables)
+        if self.cfg.trainer.max_grad_norm:
+            gradients = self._clip_global(gradients)
+        grad_norm = tf.linalg.global_norm(gradients)
+        self.optimizer.apply_gradients(zip(gradients, variables))
+        finite = tf.math.is_finite(loss)
+        if self.cfg.trainer.mixed_precision != "mixed_float16":
+            finite = tf.logical_and(finite, tf.math.is_finite(grad_norm))
+        return {**sums, "non_finite": 1.0 - tf.cast(finite, tf.float32), "stop": tf.identity(stop)}
+
+    def _clip_global(self, gradients: List[tf.Tensor]) -> List[tf.Tensor]:
+        """Clips the gradient of the whole global batch to `trainer.max_grad_norm`. The replicas'
+        gradients are summed first (the exact global norm), then divided by the replica count
+        because the optimizer sums them over replicas once more."""
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync
+        if replicas > 1:
+            gradients = context.all_reduce(tf.distribute.ReduceOp.SUM, gradients)
+        gradients, _ = tf.clip_by_global_norm(gradients, self.cfg.trainer.max_grad_norm)
+        return [g / replicas for g in gradients] if replicas > 1 else gradients
+
+    def _reduce(self, per_replica: Dict[str, Any]) -> Dict[str, tf.Tensor]:
+        return {key: self.strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
+                for key, value in per_replica.items()}
+
+    # -- restoring ------------------------------------------------------------------------------
+
+    def restore_if_any(self, source_dir: PathLike, must_exist: bool = False) -> Optional[str]:
+        """Continues from the latest checkpoint of the run folder `source_dir` (model, optimizer,
+        progress and the epoch history of metrics.json); `must_exist` makes a missing checkpoint
+        an error. Every worker of a cluster restores the chief's checkpoint."""
+        source_dir = Path(source_dir)
+        path = latest_checkpoint(source_dir, "last")
+        if path is None:
+            if must_exist:
+                raise CapsrunError(f"{source_dir} has no checkpoint in checkpoints/last; nothing to resume")
+            return None
+        self.checkpoints.restore(path)
+        self.resumed_from = path
+        truncate_events(self.run_dir / TENSORBOARD, self.global_step)
+        metrics_file = source_dir / METRICS
+        if metrics_file.is_file():
+            self.history = [record for record in json.loads(metrics_file.read_text()).get("history", [])
+                            if record["epoch"] <= self.epochs_done]
+        log.info("resumed from %s (epoch %d, step %d)", path, self.epochs_done, self.global_step)
+        return path
+
+    @property
+    def global_step(self) -> int:
+        return int(self.optimizer.iterations.numpy())
+
+    @property
+    def epochs_done(self) -> int:
+        return int(self.progress.epoch.numpy())
+
+    # -- the loops ------------------------------------------------------------------------------
+
+    def fit(self) -> dict:
+        """Trains the remaining epochs; returns the final metrics (also in metrics.json)."""
+        if self.resumed_from is None:
+            write_hparams(self.writer, self.cfg, trial_id=self.run_dir.name)
+        if self.epochs_done >= self.cfg.epochs:
+            log.info("all %d epochs are already done; raise `epochs` to train longer", self.cfg.epochs)
+            metrics_file = self.run_dir / METRICS
+            if metrics_file.is_file():
+                return json.loads(metrics_file.read_text())
+            return {"status": "completed", "epochs_completed": self.epochs_done}
+        metrics = {"status": "running", "epochs_completed": self.epochs_done}
+        with StopRequested() as stop:
+            for epoch in range(self.epochs_done, self.cfg.epochs):
+                dataset, progress_bar = self.train_loop_begin(epoch)
+                epoch_metrics = self.train_loop(dataset, progress_bar, stop)
+                if stop.agreed:
+                    self._interrupted(metrics, stop.signal_name or "a stop request from another worker")
+                metrics = self.train_loop_end(epoch, epoch_metrics)
+        metrics["status"] = "completed"
+        write_json_atomic(self.run_dir / METRICS, metrics)
+        write_final_metrics(self.writer, metrics)
+        self.writer.flush()
+        return metrics
+
+    def train_loop_begin(self, epoch: int) -> tuple:
+        """(the distributed dataset of one epoch minus the batches a resumed run already did,
+        a progress bar or None)."""
+        skip = int(self.progress.step_in_epoch.numpy())
+        dataset = pipeline.train_dataset(
+            self.splits.train, self.batch_size, self.cfg.seed, epoch, self.cfg.data.shift_pixels, skip
+        )
+        show = self.cfg.trainer.progress_bar and sys.stdout.isatty()
+        progress_bar = keras.utils.Progbar(
+            self.steps_per_epoch, stateful_metrics=["loss", "accuracy", "img/s"], unit_name="step"
+        ) if show else None
+        if progress_bar and skip:
+            progress_bar.update(skip)
+        return self.strategy.experimental_distribute_dataset(dataset), progress_bar
+
+    def train_loop(self, dataset: Any, progress_bar: Optional[keras.utils.Progbar], stop: StopRequested) -> dict:
+        """Runs the steps of one epoch; returns the epoch's training metrics (mean loss terms,
+        accuracy, images_per_second, seconds)."""
+        totals: Sums = {}
+        interval: Sums = {}
+        seen = interval_seen = 0
+        epoch_start = interval_start = time.perf_counter()
+        for batch in dataset:
+            stop_flag = tf.constant(1.0 if stop.signal_name else 0.0)
+            sums = {key: float(value) for key, value in self.train_step(batch, stop_flag).items()}
+            step = self.global_step
+            if sums.pop("non_finite") > 0:
+                self._diverged(step)
+            stop.agreed = sums.pop("stop") > 0
+            self.progress.step_in_epoch.assign_add(1)
+            _add(totals, sums)
+            _add(interval, sums)
+            seen += self.batch_size
+            interval_seen += self.batch_size
+            if step % self.cfg.trainer.log_every_steps == 0:
+                self._log_train(step, interval, interval_seen, interval_seen / (time.perf_counter() - interval_start))
+                interval, interval_seen, interval_start = {}, 0, time.perf_counter()
+            if progress_bar:
+                progress_bar.update(int(self.progress.step_in_epoch.numpy()), [
+                    ("loss", totals["loss"] / seen), ("accuracy", totals["correct"] / seen),
+                    ("img/s", seen / (time.perf_counter() - epoch_start))])
+            every = self.cfg.trainer.checkpoint_every_steps
+            if every and step % every == 0:
+                self.checkpoints.save_last(step)
+            if stop.agreed:
+                break
+        seconds = time.perf_counter() - epoch_start
+        metrics = per_example(totals, seen)
+        metrics.update(images_per_second=max(seen, 1) / seconds, seconds=seconds)
+        metrics.setdefault("loss", float("nan"))
+        return metrics
+
+    def _log_train(self, step: int, sums: Sums, count: int, images_per_second: float) -> None:
+        values = per_example(sums, count)
+        values["learning_rate"] = float(tf.convert_to_tensor(self.optimizer.learning_rate).numpy())
+        values["images_per_second"] = images_per_second
+        write_scalars(self.writer, "train", values, step)
+
+    def train_loop_end(self, epoch: int, train_metrics: dict) -> dict:
+        """Validation, summaries, checkpoints and metrics.json after an epoch; returns metrics."""
+        step = self.global_step
+        val = self.evaluator.run(self.splits.val) if len(self.splits.val) else None
+        self.progress.epoch.assign(epoch + 1)
+        self.progress.step_in_epoch.assign(0)
+        if val is not None:
+            write_scalars(self.writer, "val", {k: v for k, v in val.items() if k == "accuracy" or k.endswith("loss")},
+                          step)
+            self._write_reconstructions(step)
+        is_best = val is not None and val["accuracy"] > float(self.progress.best_val_accuracy.numpy())
+        if is_best:
+            self.progress.best_val_accuracy.assign(val["accuracy"])
+        self.checkpoints.save_last(step)
+        if is_best:
+            self.checkpoints.save_best(step)
+        self.writer.flush()
+        record = {"epoch": epoch + 1, "step": step, **{f"train_{k}": v for k, v in train_metrics.items()}}
+        if val is not None:
+            record.update({f"val_{k}": v for k, v in val.items() if k in ("loss", "accuracy", "reconstruction_error")})
+        self.history.append(record)
+        metrics = self._metrics("running", train_metrics, val)
+        write_json_atomic(self.run_dir / METRICS, metrics)
+        log.info(
+            "epoch %d/%d: loss %.4f, train accuracy %.4f, val accuracy %s, %.0f images/s, %.0f s",
+            epoch + 1, self.cfg.epochs, train_metrics["loss"], train_metrics["accuracy"],
+            "n/a" if val is None else f"{val['accuracy']:.4f}", train_metrics["images_per_second"],
+            train_metrics["seconds"],
+        )
+        return metrics
+
+    def _metrics(self, status: str, train_metrics: dict, val: Optional[dict]) -> dict:
+        best = float(self.progress.best_val_accuracy.numpy())
+        return {
+            "status": status,
+            "epochs_completed": self.epochs_done,
+            "global_step": self.global_step,
+            "train_loss": train_metrics["loss"],
+            "train_accuracy": train_metrics["accuracy"],
+            "val_loss": None if val is None else val["loss"],
+            "val_accuracy": None if val is None else val["accuracy"],
+            "best_val_accuracy": best if best >= 0 else None,
+            "images_per_second": train_metrics["images_per_second"],
+            "history": self.history,
+        }
+
+    def _write_reconstructions(self, step: int) -> None:
+        """The image `val/reconstructions`: validation inputs above their reconstructions from the
+        predicted capsule(s), one row per reconstructed object (models without a decoder: none)."""
+        count = min(self.cfg.trainer.num_recon_images, len(self.splits.val))
+        images = pipeline.to_unit_range(self.splits.val.images[:count])
+        outputs = self.model(images, training=False)
+        if RECONSTRUCTIONS not in outputs:
+            return
+        reconstructions = outputs[RECONSTRUCTIONS].numpy()
+        rows = [reconstructions] if reconstructions.ndim == 4 else list(np.moveaxis(reconstructions, 1, 0))
+        with self.writer.as_default(step=step):
+            tf.summary.image("val/reconstructions", image_grid([images.numpy(), *rows]))
+
+    # -- ending early ---------------------------------------------------------------------------
+
+    def _interrupted(self, metrics: dict, signal_name: str) -> None:
+        step = self.global_step
+        path = self.checkpoints.save_last(step)
+        self.writer.flush()
+        write_json_atomic(self.run_dir / METRICS, {**metrics, "status": "interrupted", "global_step": step})
+        raise TrainingInterrupted(str(self.run_dir), path, step, signal_name)
+
+    def _diverged(self, step: int) -> None:
+        self.writer.flush()
+        write_json_atomic(self.run_dir / METRICS, {
+            "status": "diverged", "global_step": step, "epochs_completed": self.epochs_done, "history": self.history,
+        })
+        raise TrainingDiverged(str(self.run_dir), step)
+
+
+def train(cfg: DictConfig, run_dir: PathLike) -> dict:
+    """Trains the model configured by `cfg` in `run_dir`; returns the final metrics dict.
+
+    Raises CapsrunError (bad input), TrainingInterrupted (SIGTERM/SIGINT, checkpoint written) or
+    TrainingDiverged (non-finite loss). In a multi-worker cluster only the chief writes into
+    `run_dir`; the other workers write their (collectively required) checkpoints and summaries to
+    a temporary folder removed at the end.
+    """
+    quiet_tensorflow()
+    validate(cfg)
+    check_writable(run_dir)
+    setup_devices(cfg.trainer, cfg.seed)
+    strategy = make_strategy(cfg.trainer)
+    check_batch_size(cfg.batch_size, strategy)
+    splits = load_splits(cfg.data, cfg.seed)
+    if len(splits.train) < cfg.batch_size:
+        raise CapsrunError(
+            f"only {len(splits.train)} training images for batch_size={cfg.batch_size}; "
+            "lower batch_size or raise data.train_size"
+        )
+    chief = is_chief(strategy)
+    output_dir = run_dir if chief else tempfile.mkdtemp(prefix="capsrun-worker-")
+    try:
+        trainer = Trainer(cfg, output_dir, strategy, splits)
+        trainer.restore_if_any(run_dir, must_exist=cfg.resume is not None)
+        log.info("training a %s-parameter %s on %d images (%d validation) with %d replica(s), %d steps per epoch",
+                 f"{trainer.model.count_params():,}", cfg.model.name, len(splits.train), len(splits.val),
+                 strategy.num_replicas_in_sync, trainer.steps_per_epoch)
+        metrics = trainer.fit()
+    finally:
+        if not chief:
+            shutil.rmtree(output_dir, ignore_errors=True)
+    log.info("done: best validation accuracy %s; run folder %s", metrics.get("best_val_accuracy"), run_dir)
+    return metrics

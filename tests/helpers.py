@@ -1,0 +1,41 @@
+"""Test-only helpers that used to live in the package: the [B, I, J, D] view of dynamic routing
+and of the digit-capsule votes, the MultiMNIST overlap measure, and building a model from a
+composed config."""
+import numpy as np
+import tensorflow as tf
+
+from capsrun.models.base import InputSpec
+from capsrun.models.registry import build_model
+from capsrun.models.routing.dynamic import route
+
+
+def dynamic_routing(predictions, iterations):
+    """Routing-by-agreement on u_hat float32 [B, I, J, D] (the paper's layout); returns (v [B, J, D],
+    c [B, I, J]). The routing interface itself works in [B, J, I, D]."""
+    capsules, coupling = route(tf.transpose(predictions, [0, 2, 1, 3]), iterations)
+    return capsules, tf.transpose(coupling, [0, 2, 1])
+
+
+def votes_in_paper_layout(layer, inputs):
+    """u_hat float32 [B, I, J, D_out] of a DigitCaps layer for inputs u float32 [B, I, D_in]."""
+    return tf.transpose(layer.votes(inputs), [0, 2, 1, 3])
+
+
+def build(cfg, image_shape=(28, 28, 1), num_classes=10, num_targets=1):
+    """The model of a composed train config (its `model` and `loss` groups)."""
+    return build_model(cfg.model, cfg.loss, InputSpec(tuple(image_shape), num_classes, num_targets))
+
+
+def bounding_box_overlap(components):
+    """Per example, the area shared by the two digits' bounding boxes over the smaller box's area.
+    components uint8 [M, 2, H, W, C] -> float64 [M] in [0, 1]."""
+    overlaps = []
+    for pair in components:
+        boxes = []
+        for digit in pair:
+            rows, cols = np.nonzero(digit[..., 0])
+            boxes.append((rows.min(), rows.max() + 1, cols.min(), cols.max() + 1))
+        (t0, b0, l0, r0), (t1, b1, l1, r1) = boxes
+        shared = max(0, min(b0, b1) - max(t0, t1)) * max(0, min(r0, r1) - max(l0, l1))
+        overlaps.append(shared / min((b0 - t0) * (r0 - l0), (b1 - t1) * (r1 - l1)))
+    return np.asarray(overlaps)
