@@ -7,7 +7,7 @@ DEMO_DIR ?= outputs/demo
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo train bench test test-all lint tensorboard
+.PHONY: help install demo train bench test test-all lint tensorboard docs
 
 help: ## Show this list of targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -47,3 +47,6 @@ lint: install ## Check the code with ruff
 
 tensorboard: install ## Serve TensorBoard over all runs in outputs/
 	$(VENV)/bin/tensorboard --logdir outputs
+
+docs: install ## Build the documentation site (mkdocs, strict)
+	$(VENV)/bin/mkdocs build --strict
