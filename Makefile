@@ -7,7 +7,7 @@ DEMO_DIR ?= outputs/demo
 ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo train bench test test-all lint tensorboard docs
+.PHONY: help install demo train bench test test-unit test-all lint tensorboard docs
 
 help: ## Show this list of targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
@@ -36,14 +36,18 @@ train: install ## Train with Hydra overrides, e.g. make train ARGS="epochs=50 mo
 bench: install ## Speed on this machine: train/eval img/s vs a plain reference CapsNet and the conv-only bound (bench.json), e.g. make bench ARGS="batch_sizes=[128]"
 	$(CAPSRUN) bench $(ARGS)
 
-test: install ## Run the test suite (minutes; slow tests skipped)
-	$(PY) -m pytest -m "not slow" $(ARGS)
+test: install ## Run the unit and integration tests, slow ones skipped (under 10 minutes on 2 CPU cores)
+	$(PY) -m pytest -m "not slow" tests/unit tests/integration $(ARGS)
+
+test-unit: install ## Run the in-process unit tests only (under 2 minutes)
+	$(PY) -m pytest -m "not slow" tests/unit $(ARGS)
 
 test-all: install ## Run every test, the slow ones included
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest tests/unit tests/integration $(ARGS)
 
-lint: install ## Check the code with ruff
+lint: install ## Check the code with ruff and the layering with import-linter (setup.cfg [importlinter])
 	$(VENV)/bin/ruff check capsrun tests
+	$(VENV)/bin/lint-imports
 
 tensorboard: install ## Serve TensorBoard over all runs in outputs/
 	$(VENV)/bin/tensorboard --logdir outputs

@@ -4,9 +4,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any, Optional, Union
+
+PathLike = Union[str, os.PathLike]
 
 
-def write_bytes_atomic(path, data):
+def write_bytes_atomic(path: PathLike, data: bytes) -> None:
     """Writes `data` to `path` atomically, with the permissions of a normally created file
     (mkstemp's temporary files are private, 0600)."""
     path = Path(path)
@@ -23,7 +26,7 @@ def write_bytes_atomic(path, data):
         raise
 
 
-def unwritable_reason(folder):
+def unwritable_reason(folder: PathLike) -> Optional[str]:
     """None when `folder` (created if missing) accepts a synced 64 KiB file, else the operating
     system's reason (e.g. "Read-only file system", "No space left on device")."""
     try:
@@ -37,6 +40,6 @@ def unwritable_reason(folder):
     return None
 
 
-def write_json_atomic(path, data):
+def write_json_atomic(path: PathLike, data: Any) -> None:
     """Writes `data` as indented, key-sorted JSON to `path` atomically."""
     write_bytes_atomic(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())

@@ -8,6 +8,7 @@ or uint8 arrays, shaped [N, H, W], [N, H, W, 1] (grayscale, white digit on black
 import io
 import math
 import textwrap
+from typing import Any, Dict, List, Sequence, Tuple
 
 import matplotlib
 
@@ -48,7 +49,7 @@ def _suptitle(figure, *paragraphs):
     figure.suptitle("\n".join(lines), fontsize=size, y=1.0 - 0.06 / height)
 
 
-def to_png(figure, dpi):
+def to_png(figure: Any, dpi: int) -> bytes:
     """The figure as PNG bytes, exactly figsize * dpi pixels; the figure is closed."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi, facecolor="white")
@@ -56,12 +57,12 @@ def to_png(figure, dpi):
     return buffer.getvalue()
 
 
-def png_size(png):
+def png_size(png: bytes) -> Tuple[int, int]:
     """(width, height) in pixels of PNG bytes, read from the IHDR chunk."""
     return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
 
 
-def confusion_matrix_figure(confusion, title):
+def confusion_matrix_figure(confusion: np.ndarray, title: str) -> Any:
     """confusion: int [J, J], rows = true class, columns = predicted class.
 
     Cells are coloured by the fraction of their true class and annotated with counts.
@@ -99,7 +100,8 @@ def _lengths(value):
     return f"{float(value):.2f}" if value.ndim == 0 else ", ".join(f"{float(v):.2f}" for v in value)
 
 
-def misclassified_figure(images, labels, predicted, confidences, indices, total_wrong, title):
+def misclassified_figure(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, confidences: np.ndarray,
+                         indices: Sequence[int], total_wrong: int, title: str) -> Any:
     """A grid of misclassified images, 10 per row, each captioned "#index: true -> predicted".
 
     images: [N, H, W(, C)]; indices: int [N]; labels, predicted: int [N], or int [N, K] for K
@@ -158,7 +160,8 @@ def _paired_rows(tops, bottoms, top_titles, bottom_titles, wrong, row_names, cap
     return figure
 
 
-def reconstructions_figure(images, reconstructions, labels, predicted, indices):
+def reconstructions_figure(images: np.ndarray, reconstructions: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
+                           indices: Sequence[int]) -> Any:
     """Pairs of rows: test digits above their reconstructions from the predicted capsule.
 
     images, reconstructions: [N, H, W(, 1)]; labels, predicted, indices: int [N].
@@ -176,7 +179,7 @@ OVERLAY_BACKGROUND = 0.35
 """Brightness of the grey input under the coloured reconstructions of a Figure 5 overlay."""
 
 
-def colour_overlay(image, reconstructions):
+def colour_overlay(image: np.ndarray, reconstructions: np.ndarray) -> np.ndarray:
     """The paper's Figure 5 picture of one image: the input in dim grey, the reconstruction of the
     first digit added to the red channel and that of the second to the green one (overlap: yellow).
 
@@ -187,7 +190,8 @@ def colour_overlay(image, reconstructions):
     return np.clip(np.stack([grey + first, grey + second, grey], axis=-1), 0.0, 1.0)
 
 
-def multimnist_figure(images, reconstructions, labels, predicted, indices):
+def multimnist_figure(images: np.ndarray, reconstructions: np.ndarray, labels: np.ndarray, predicted: np.ndarray,
+                      indices: Sequence[int]) -> Any:
     """The paper's Figure 5: MultiMNIST test images above the two digits reconstructed separately,
     each from its own capsule, in red and green over the input in grey.
 
@@ -205,7 +209,7 @@ def multimnist_figure(images, reconstructions, labels, predicted, indices):
         "the input in grey; red caption = not both digits right (Sabour et al. 2017, Figure 5)")
 
 
-def perturbations_figure(panels, deltas):
+def perturbations_figure(panels: List[Dict[str, Any]], deltas: np.ndarray) -> Any:
     """The paper's Figure 4 for several digits, one panel per digit.
 
     panels: list of dicts with `grid` [D, S, H, W(, C)] (row d: dimension d of the winning capsule
@@ -245,7 +249,8 @@ def perturbations_figure(panels, deltas):
     return figure
 
 
-def capsule_lengths_figure(images, lengths, labels, indices, m_plus=0.9, m_minus=0.1):
+def capsule_lengths_figure(images: np.ndarray, lengths: np.ndarray, labels: np.ndarray, indices: Sequence[int],
+                           m_plus: float = 0.9, m_minus: float = 0.1) -> Any:
     """A bar chart of the J capsule lengths per image, with the image itself inset.
 
     images: [N, H, W(, 1)]; lengths: float [N, J]; indices: int [N]; labels: int [N], or int

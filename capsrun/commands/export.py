@@ -18,6 +18,7 @@ from typing import Any, List, Sequence
 
 from capsrun.commands.frontend import CommandSpec, command_config, say
 from capsrun.errors import CapsrunError
+from capsrun.models.base import SCORES
 from capsrun.training.run_folder import single_run
 
 SPEC = CommandSpec("export", "run_dir=PATH [key=value ...]", path_keys=frozenset({"run_dir", "checkpoint", "output"}),
@@ -31,8 +32,6 @@ def serving_module(model: Any, image_shape: Sequence[int]) -> Any:
     "predicted_class": int32 [B]}. The model's variables are listed explicitly so that the
     SavedModel holds all of them."""
     import tensorflow as tf  # heavy: only once the command's inputs are checked
-
-    from capsrun.models.base import SCORES
 
     class CapsNetServing(tf.Module):
         def __init__(self) -> None:

@@ -16,6 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from capsrun.commands.frontend import CommandSpec, choice, command_config, say
 from capsrun.errors import CapsrunError
+from capsrun.models.base import SCORES
 from capsrun.training.run_folder import single_run
 
 SPEC = CommandSpec("predict", "run_dir=PATH images=[a.png,b.jpg,batch.npy] [key=value ...]",
@@ -159,8 +160,7 @@ def classify(model: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
     capsule lengths, or for a baseline CNN run its softmax probabilities."""
     import tensorflow as tf  # heavy: only once the inputs are read and checked
 
-    from capsrun.data.pipeline import to_unit_range
-    from capsrun.models.base import SCORES
+    from capsrun.data.pipeline import to_unit_range  # loads TensorFlow too
 
     forward = tf.function(lambda batch: model(to_unit_range(batch), training=False)[SCORES],
                           reduce_retracing=True)

@@ -21,6 +21,7 @@ from capsrun.atomic import write_bytes_atomic
 from capsrun.commands.frontend import CommandSpec, check_dpi, check_output_folder, command_config
 from capsrun.config.validation import test_size_setting
 from capsrun.errors import CapsrunError
+from capsrun.models.base import CapsuleModel
 from capsrun.training.run_folder import single_run
 
 SPEC = CommandSpec("visualize", "run_dir=PATH [key=value ...]",
@@ -52,7 +53,6 @@ def visualize_command(args: List[str]) -> int:
     test_size_setting(cfg.data.test_size, None)
     output_dir = check_output_folder(Path(cfg.output_dir).expanduser() if cfg.output_dir else run_dir)
     from capsrun.analysis import capsules, figures  # load TensorFlow and matplotlib: after the checks
-    from capsrun.models.base import CapsuleModel
     from capsrun.training.restore import restore_run
     from capsrun.training.summaries import write_to_run
 

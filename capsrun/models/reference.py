@@ -9,7 +9,7 @@ digit capsule layer is computed the way most public CapsNet code computes it:
 `ReferenceCapsNet.copy_weights(capsnet)` makes it compute the same function as a CapsNet.
 Shapes: B batch, I primary capsules (1152 on MNIST), J classes, K = 8 and D = 16 capsule sizes.
 """
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence
 
 import keras
 import tensorflow as tf
@@ -21,7 +21,7 @@ from capsrun.models.losses import CapsuleLoss
 from capsrun.models.ops import EPSILON, top_labels
 
 
-def plain_squash(vectors, axis=-1):
+def plain_squash(vectors: tf.Tensor, axis: int = -1) -> tf.Tensor:
     """squash (eq. 1) as found in public code: norm, factor and unit vector separately; any shape."""
     squared_norm = tf.reduce_sum(tf.square(vectors), axis=axis, keepdims=True)
     norm = tf.sqrt(squared_norm + EPSILON)
@@ -31,18 +31,18 @@ def plain_squash(vectors, axis=-1):
 class PlainDigitCaps(keras.layers.Layer):
     """u float32 [B, I, K] -> v float32 [B, J, D]; weights W [I, J, D, K] as in DigitCaps."""
 
-    def __init__(self, num_capsules, dim, routing_iterations, **kwargs):
+    def __init__(self, num_capsules: int, dim: int, routing_iterations: int, **kwargs):
         super().__init__(**kwargs)
         self.num_capsules, self.dim, self.routing_iterations = num_capsules, dim, routing_iterations
 
-    def build(self, input_shape):
+    def build(self, input_shape: tuple) -> None:
         self.num_inputs, self.input_dim = int(input_shape[1]), int(input_shape[2])
         self.kernel = self.add_weight(
             name="W", shape=(self.num_inputs, self.num_capsules, self.dim, self.input_dim),
             initializer=keras.initializers.RandomNormal(stddev=W_STDDEV), dtype="float32",
         )
 
-    def call(self, inputs):
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
         batch = tf.shape(inputs)[0]
         tiled = tf.tile(inputs[:, :, None, :, None], [1, 1, self.num_capsules, 1, 1])  # [B, I, J, K, 1]
         predictions = tf.matmul(self.kernel[None], tiled)  # [B, I, J, D, 1]
@@ -62,9 +62,10 @@ class ReferenceCapsNet(keras.Model):
     None) -> {"capsules": [B, J, D], "scores": lengths [B, J], "reconstructions": [B, H, W, C]};
     the decoder sees the capsule of `labels`, else of the predicted class. One label per image."""
 
-    def __init__(self, image_shape=(28, 28, 1), num_classes=10, conv1_filters=256, conv1_kernel=9,
-                 primary_maps=32, primary_dim=8, primary_kernel=9, primary_strides=2, digit_dim=16,
-                 routing_iterations=3, decoder_units=(512, 1024), loss=None, **kwargs):
+    def __init__(self, image_shape: Sequence[int] = (28, 28, 1), num_classes: int = 10, conv1_filters: int = 256,
+                 conv1_kernel: int = 9, primary_maps: int = 32, primary_dim: int = 8, primary_kernel: int = 9,
+                 primary_strides: int = 2, digit_dim: int = 16, routing_iterations: int = 3,
+                 decoder_units: Sequence[int] = (512, 1024), loss: Optional[CapsuleLoss] = None, **kwargs):
         super().__init__(**kwargs)
         self.loss_fn = loss or CapsuleLoss()
         self.image_shape = tuple(int(s) for s in image_shape)
