@@ -5,6 +5,7 @@ Every replica returns sums (never means), which are added across replicas and ba
 partial last batch or an empty replica counts exactly. Shapes: b the replica's examples, J classes,
 T objects per image, H, W, C image.
 """
+import time
 from typing import Dict, Optional
 
 import tensorflow as tf
@@ -41,3 +42,34 @@ def batch_sums(model: Model, outputs: Dict[str, tf.Tensor], images: tf.Tensor, l
     sums["correct"] = tf.reduce_sum(correct_predictions(model.predict_labels(outputs[SCORES]), labels))
     sums["count"] = tf.cast(tf.shape(labels)[0], tf.float32)
     return sums
+
+
+class SumMeter:
+    """The host side of `batch_sums`: adds the sums of steps (Python floats) and the examples they
+    covered, and turns them into means per example and a throughput."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: Dict[str, float] = {}
+        self.examples = 0
+        self.start = time.perf_counter()
+
+    def add(self, sums: Dict[str, float], examples: int) -> None:
+        for key, value in sums.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.examples += examples
+
+    def means(self) -> Dict[str, float]:
+        """The mean of every loss term (`loss`, `<term>_loss`) per example and the `accuracy`."""
+        count = max(self.examples, 1)
+        values = {key: value / count for key, value in self.sums.items() if key not in NOT_LOSSES}
+        values["accuracy"] = self.sums.get("correct", 0.0) / count
+        return values
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start
+
+    def images_per_second(self) -> float:
+        return max(self.examples, 1) / self.seconds()

@@ -10,6 +10,7 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.plugins.hparams import api as hparams_api
 
 from capsrun.config.keys import flatten_dict
+from capsrun.models.base import RECONSTRUCTIONS
 from capsrun.training.run_folder import TENSORBOARD, PathLike
 
 
@@ -89,3 +90,17 @@ def write_to_run(run_dir: PathLike, step: int, scalars: Optional[Mapping[str, fl
         for tag, png in (pngs or {}).items():
             tf.summary.image(tag, tf.io.decode_png(png, channels=3)[None])
     writer.close()
+
+
+def write_reconstructions(writer: tf.summary.SummaryWriter, model: Any, images: np.ndarray, step: int) -> None:
+    """The image `val/reconstructions`: uint8 images [N, H, W, C] above the model's reconstructions
+    from the predicted capsule(s), one row per reconstructed object; nothing for a model without
+    a decoder."""
+    inputs = tf.cast(images, tf.float32) / 255.0
+    outputs = model(inputs, training=False)
+    if RECONSTRUCTIONS not in outputs:
+        return
+    reconstructions = outputs[RECONSTRUCTIONS].numpy()
+    rows = [reconstructions] if reconstructions.ndim == 4 else list(np.moveaxis(reconstructions, 1, 0))
+    with writer.as_default(step=step):
+        tf.summary.image("val/reconstructions", image_grid([inputs.numpy(), *rows]))

@@ -8,45 +8,41 @@ bad input CapsrunError; the `train` command maps them to exit codes 3, 4 and 2.
 
 Shapes: B global batch, b one replica's share of it, H, W, C image, T objects per image.
 """
-import json
 import logging
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import keras
-import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
-from capsrun.atomic import write_json_atomic
 from capsrun.config.validation import validate
 from capsrun.data import pipeline
 from capsrun.data.splits import DataSplits, load_splits
 from capsrun.errors import CapsrunError, TrainingDiverged, TrainingInterrupted
 from capsrun.logs import quiet_tensorflow
-from capsrun.models.base import RECONSTRUCTIONS, InputSpec
+from capsrun.models.base import InputSpec
 from capsrun.models.registry import build_model
 from capsrun.training.checkpoints import RunCheckpoints, TrainingProgress, latest_checkpoint
 from capsrun.training.distribute import check_batch_size, is_chief, make_strategy, setup_devices, use_jit
 from capsrun.training.evaluator import Evaluator
-from capsrun.training.run_folder import METRICS, TENSORBOARD, PathLike, check_writable
+from capsrun.training.history import RunHistory
+from capsrun.training.run_folder import TENSORBOARD, PathLike, check_writable
 from capsrun.training.signals import StopRequested
-from capsrun.training.steps import NOT_LOSSES, batch_sums
+from capsrun.training.steps import SumMeter, batch_sums
 from capsrun.training.summaries import (
-    image_grid,
     truncate_events,
     write_final_metrics,
     write_hparams,
+    write_reconstructions,
     write_scalars,
 )
 
 log = logging.getLogger(__name__)
 
-Sums = Dict[str, float]
 
 
 def make_optimizer(opt_cfg: Any, steps_per_epoch: int, mixed_precision: str) -> keras.optimizers.Optimizer:
@@ -59,19 +55,6 @@ def make_optimizer(opt_cfg: Any, steps_per_epoch: int, mixed_precision: str) -> 
     if mixed_precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer
-
-
-def _add(totals: Sums, sums: Sums) -> None:
-    for key, value in sums.items():
-        totals[key] = totals.get(key, 0.0) + value
-
-
-def per_example(sums: Sums, count: int) -> Sums:
-    """Sums of `batch_sums` over `count` examples -> the mean loss terms and the accuracy."""
-    count = max(count, 1)
-    values = {key: value / count for key, value in sums.items() if key not in NOT_LOSSES}
-    values["accuracy"] = sums.get("correct", 0.0) / count
-    return values
 
 
 class Trainer:
@@ -98,11 +81,11 @@ class Trainer:
         self.evaluator = Evaluator(self.model, strategy, cfg.trainer.eval_batch_size or cfg.batch_size,
                                    jit_compile=jit)
         self.writer = tf.summary.create_file_writer(str(self.run_dir / TENSORBOARD))
+        self.history = RunHistory(self.run_dir)
         replica_step = tf.function(self._replica_step, jit_compile=jit, reduce_retracing=True)
         self._step = tf.function(
             lambda batch, stop: self._reduce(strategy.run(replica_step, args=(batch, stop))), reduce_retracing=True
         )
-        self.history: List[dict] = []
         self.resumed_from: Optional[str] = None
 
     # -- one step -------------------------------------------------------------------------------
@@ -171,10 +154,7 @@ class Trainer:
         self.checkpoints.restore(path)
         self.resumed_from = path
         truncate_events(self.run_dir / TENSORBOARD, self.global_step)
-        metrics_file = source_dir / METRICS
-        if metrics_file.is_file():
-            self.history = [record for record in json.loads(metrics_file.read_text()).get("history", [])
-                            if record["epoch"] <= self.epochs_done]
+        self.history.load(source_dir, self.epochs_done)
         log.info("resumed from %s (epoch %d, step %d)", path, self.epochs_done, self.global_step)
         return path
 
@@ -194,10 +174,7 @@ class Trainer:
             write_hparams(self.writer, self.cfg, trial_id=self.run_dir.name)
         if self.epochs_done >= self.cfg.epochs:
             log.info("all %d epochs are already done; raise `epochs` to train longer", self.cfg.epochs)
-            metrics_file = self.run_dir / METRICS
-            if metrics_file.is_file():
-                return json.loads(metrics_file.read_text())
-            return {"status": "completed", "epochs_completed": self.epochs_done}
+            return self.history.read() or {"status": "completed", "epochs_completed": self.epochs_done}
         metrics = {"status": "running", "epochs_completed": self.epochs_done}
         with StopRequested() as stop:
             for epoch in range(self.epochs_done, self.cfg.epochs):
@@ -207,7 +184,7 @@ class Trainer:
                     self._interrupted(metrics, stop.signal_name or "a stop request from another worker")
                 metrics = self.train_loop_end(epoch, epoch_metrics)
         metrics["status"] = "completed"
-        write_json_atomic(self.run_dir / METRICS, metrics)
+        self.history.write(metrics)
         write_final_metrics(self.writer, metrics)
         self.writer.flush()
         return metrics
@@ -230,10 +207,7 @@ class Trainer:
     def train_loop(self, dataset: Any, progress_bar: Optional[keras.utils.Progbar], stop: StopRequested) -> dict:
         """Runs the steps of one epoch; returns the epoch's training metrics (mean loss terms,
         accuracy, images_per_second, seconds)."""
-        totals: Sums = {}
-        interval: Sums = {}
-        seen = interval_seen = 0
-        epoch_start = interval_start = time.perf_counter()
+        epoch, interval = SumMeter(), SumMeter()
         for batch in dataset:
             stop_flag = tf.constant(1.0 if stop.signal_name else 0.0)
             sums = {key: float(value) for key, value in self.train_step(batch, stop_flag).items()}
@@ -242,32 +216,28 @@ class Trainer:
                 self._diverged(step)
             stop.agreed = sums.pop("stop") > 0
             self.progress.step_in_epoch.assign_add(1)
-            _add(totals, sums)
-            _add(interval, sums)
-            seen += self.batch_size
-            interval_seen += self.batch_size
+            epoch.add(sums, self.batch_size)
+            interval.add(sums, self.batch_size)
             if step % self.cfg.trainer.log_every_steps == 0:
-                self._log_train(step, interval, interval_seen, interval_seen / (time.perf_counter() - interval_start))
-                interval, interval_seen, interval_start = {}, 0, time.perf_counter()
+                self._log_train(step, interval)
+                interval.reset()
             if progress_bar:
+                means = epoch.means()
                 progress_bar.update(int(self.progress.step_in_epoch.numpy()), [
-                    ("loss", totals["loss"] / seen), ("accuracy", totals["correct"] / seen),
-                    ("img/s", seen / (time.perf_counter() - epoch_start))])
+                    ("loss", means["loss"]), ("accuracy", means["accuracy"]), ("img/s", epoch.images_per_second())])
             every = self.cfg.trainer.checkpoint_every_steps
             if every and step % every == 0:
                 self.checkpoints.save_last(step)
             if stop.agreed:
                 break
-        seconds = time.perf_counter() - epoch_start
-        metrics = per_example(totals, seen)
-        metrics.update(images_per_second=max(seen, 1) / seconds, seconds=seconds)
-        metrics.setdefault("loss", float("nan"))
+        metrics = {"loss": float("nan"), **epoch.means()}
+        metrics.update(images_per_second=epoch.images_per_second(), seconds=epoch.seconds())
         return metrics
 
-    def _log_train(self, step: int, sums: Sums, count: int, images_per_second: float) -> None:
-        values = per_example(sums, count)
+    def _log_train(self, step: int, interval: SumMeter) -> None:
+        values = interval.means()
         values["learning_rate"] = float(tf.convert_to_tensor(self.optimizer.learning_rate).numpy())
-        values["images_per_second"] = images_per_second
+        values["images_per_second"] = interval.images_per_second()
         write_scalars(self.writer, "train", values, step)
 
     def train_loop_end(self, epoch: int, train_metrics: dict) -> dict:
@@ -279,7 +249,8 @@ class Trainer:
         if val is not None:
             write_scalars(self.writer, "val", {k: v for k, v in val.items() if k == "accuracy" or k.endswith("loss")},
                           step)
-            self._write_reconstructions(step)
+            count = min(self.cfg.trainer.num_recon_images, len(self.splits.val))
+            write_reconstructions(self.writer, self.model, self.splits.val.images[:count], step)
         is_best = val is not None and val["accuracy"] > float(self.progress.best_val_accuracy.numpy())
         if is_best:
             self.progress.best_val_accuracy.assign(val["accuracy"])
@@ -287,12 +258,11 @@ class Trainer:
         if is_best:
             self.checkpoints.save_best(step)
         self.writer.flush()
-        record = {"epoch": epoch + 1, "step": step, **{f"train_{k}": v for k, v in train_metrics.items()}}
-        if val is not None:
-            record.update({f"val_{k}": v for k, v in val.items() if k in ("loss", "accuracy", "reconstruction_error")})
-        self.history.append(record)
-        metrics = self._metrics("running", train_metrics, val)
-        write_json_atomic(self.run_dir / METRICS, metrics)
+        self.history.add_epoch(epoch + 1, step, train_metrics, val)
+        best = float(self.progress.best_val_accuracy.numpy())
+        metrics = self.history.summary("running", self.epochs_done, step, best if best >= 0 else None,
+                                       train_metrics, val)
+        self.history.write(metrics)
         log.info(
             "epoch %d/%d: loss %.4f, train accuracy %.4f, val accuracy %s, %.0f images/s, %.0f s",
             epoch + 1, self.cfg.epochs, train_metrics["loss"], train_metrics["accuracy"],
@@ -301,48 +271,19 @@ class Trainer:
         )
         return metrics
 
-    def _metrics(self, status: str, train_metrics: dict, val: Optional[dict]) -> dict:
-        best = float(self.progress.best_val_accuracy.numpy())
-        return {
-            "status": status,
-            "epochs_completed": self.epochs_done,
-            "global_step": self.global_step,
-            "train_loss": train_metrics["loss"],
-            "train_accuracy": train_metrics["accuracy"],
-            "val_loss": None if val is None else val["loss"],
-            "val_accuracy": None if val is None else val["accuracy"],
-            "best_val_accuracy": best if best >= 0 else None,
-            "images_per_second": train_metrics["images_per_second"],
-            "history": self.history,
-        }
-
-    def _write_reconstructions(self, step: int) -> None:
-        """The image `val/reconstructions`: validation inputs above their reconstructions from the
-        predicted capsule(s), one row per reconstructed object (models without a decoder: none)."""
-        count = min(self.cfg.trainer.num_recon_images, len(self.splits.val))
-        images = pipeline.to_unit_range(self.splits.val.images[:count])
-        outputs = self.model(images, training=False)
-        if RECONSTRUCTIONS not in outputs:
-            return
-        reconstructions = outputs[RECONSTRUCTIONS].numpy()
-        rows = [reconstructions] if reconstructions.ndim == 4 else list(np.moveaxis(reconstructions, 1, 0))
-        with self.writer.as_default(step=step):
-            tf.summary.image("val/reconstructions", image_grid([images.numpy(), *rows]))
-
     # -- ending early ---------------------------------------------------------------------------
 
     def _interrupted(self, metrics: dict, signal_name: str) -> None:
         step = self.global_step
         path = self.checkpoints.save_last(step)
         self.writer.flush()
-        write_json_atomic(self.run_dir / METRICS, {**metrics, "status": "interrupted", "global_step": step})
+        self.history.write({**metrics, "status": "interrupted", "global_step": step})
         raise TrainingInterrupted(str(self.run_dir), path, step, signal_name)
 
     def _diverged(self, step: int) -> None:
         self.writer.flush()
-        write_json_atomic(self.run_dir / METRICS, {
-            "status": "diverged", "global_step": step, "epochs_completed": self.epochs_done, "history": self.history,
-        })
+        self.history.write({"status": "diverged", "global_step": step, "epochs_completed": self.epochs_done,
+                            "history": self.history.records})
         raise TrainingDiverged(str(self.run_dir), step)
 
 

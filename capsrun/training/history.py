@@ -1,0 +1,56 @@
+"""A run's `metrics.json`: the per-epoch history and the summary of the run, rewritten atomically
+after every epoch (and when a run stops early), so that a crash never leaves half a file."""
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from capsrun.atomic import write_json_atomic
+from capsrun.training.run_folder import METRICS, PathLike
+
+VAL_HISTORY_KEYS = ("loss", "accuracy", "reconstruction_error")
+"""Validation numbers kept per epoch in the history."""
+
+
+class RunHistory:
+    """The epochs of one run: `records` (one dict per epoch) and `write(summary)`."""
+
+    def __init__(self, run_dir: PathLike):
+        self.path = Path(run_dir) / METRICS
+        self.records: List[dict] = []
+
+    def load(self, source_dir: PathLike, epochs_done: int) -> None:
+        """Continues the history of a run folder: its records of the first `epochs_done` epochs."""
+        source = Path(source_dir) / METRICS
+        if source.is_file():
+            self.records = [record for record in json.loads(source.read_text()).get("history", [])
+                            if record["epoch"] <= epochs_done]
+
+    def read(self) -> Optional[dict]:
+        """This run's metrics.json, or None when there is none."""
+        return json.loads(self.path.read_text()) if self.path.is_file() else None
+
+    def add_epoch(self, epoch: int, step: int, train: Dict[str, float], val: Optional[Dict[str, Any]]) -> None:
+        """Records epoch `epoch` (1-based) ending at global step `step`."""
+        record = {"epoch": epoch, "step": step, **{f"train_{k}": v for k, v in train.items()}}
+        if val is not None:
+            record.update({f"val_{k}": v for k, v in val.items() if k in VAL_HISTORY_KEYS})
+        self.records.append(record)
+
+    def summary(self, status: str, epochs: int, step: int, best_val_accuracy: Optional[float],
+                train: Dict[str, float], val: Optional[Dict[str, Any]]) -> dict:
+        """The metrics.json of a run after its latest epoch."""
+        return {
+            "status": status,
+            "epochs_completed": epochs,
+            "global_step": step,
+            "train_loss": train["loss"],
+            "train_accuracy": train["accuracy"],
+            "val_loss": None if val is None else val["loss"],
+            "val_accuracy": None if val is None else val["accuracy"],
+            "best_val_accuracy": best_val_accuracy,
+            "images_per_second": train["images_per_second"],
+            "history": self.records,
+        }
+
+    def write(self, metrics: dict) -> None:
+        write_json_atomic(self.path, metrics)
