@@ -48,7 +48,7 @@ FINAL_METRICS = ("best_val_accuracy", "val_accuracy", "train_accuracy", "images_
 
 def write_final_metrics(writer: tf.summary.SummaryWriter, metrics: Mapping[str, Any]) -> None:
     """`final/<name>` scalars at the run's last step, the metric columns of the HParams table
-    (capsrun/sweeps.py lists them in a sweep's experiment config)."""
+    (capsrun/training/sweeps.py lists them in a sweep's experiment config)."""
     values = {name: metrics[name] for name in FINAL_METRICS if metrics.get(name) is not None}
     write_scalars(writer, "final", values, metrics["global_step"])
 
