@@ -102,7 +102,7 @@ def write_outputs(report: dict, sets: dict, cfg: DictConfig) -> List[str]:
     """Writes every file of one run (each one atomically) and its TensorBoard summaries; returns
     the names of the files written."""
     run_dir = Path(report["run_dir"])
-    scalars, images, written = {}, {}, ["eval.json"]
+    scalars, images, written = {}, {}, [EVAL]
     for name, outputs in sets.items():
         numbers = report if name == "test" else report["extra_tests"][name]
         suffix, tag = set_suffix(name)

@@ -63,7 +63,7 @@ class DigitCaps(keras.layers.Layer):
         self.dim = dim
         self.routing_iterations = routing_iterations
         self.routing = routing
-        self._route = get_routing(routing)
+        self.router = get_routing(routing)(iterations=routing_iterations, dtype="float32", name="routing")
 
     def get_config(self) -> dict:
         return {**super().get_config(), "num_capsules": self.num_capsules, "dim": self.dim,
@@ -92,5 +92,5 @@ class DigitCaps(keras.layers.Layer):
         )
 
     def call(self, inputs: tf.Tensor) -> tf.Tensor:
-        capsules, _ = self._route(self.votes(inputs), self.routing_iterations)
+        capsules, _ = self.router(self.votes(inputs))
         return capsules

@@ -1,14 +1,16 @@
 """Dynamic routing (routing-by-agreement, Procedure 1 of Sabour, Frost & Hinton 2017) with a
 hand-written gradient: the fast path of capsrun's CapsNet.
 
-Interface and shapes: see `capsrun.models.routing`. The plain autodiff version the gradient is
-tested against lives in `capsrun.models.reference` (PlainDigitCaps).
+Interface and shapes: see `capsrun.models.routing.base`. The plain autodiff version the
+gradient is tested against lives in `capsrun.models.reference` (PlainDigitCaps).
 """
 from typing import Tuple
 
+import keras
 import tensorflow as tf
 
 from capsrun.models.ops import squash, squash_gradient
+from capsrun.models.routing.base import RoutingLayer
 
 
 def _sum_over_inputs(weights, predictions):
@@ -86,3 +88,14 @@ def route(votes: tf.Tensor, iterations: int) -> Tuple[tf.Tensor, tf.Tensor]:
         return (capsules, coupling), gradient
 
     return _route(votes)
+
+
+@keras.saving.register_keras_serializable(package="capsrun")
+class DynamicRouting(RoutingLayer):
+    """`route` as a routing layer: `iterations` rounds of routing-by-agreement, no weights."""
+
+    def call(self, votes: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+        return route(votes, self.iterations)
+
+
+ROUTING = DynamicRouting
