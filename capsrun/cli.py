@@ -7,6 +7,7 @@ import importlib
 import sys
 from typing import List, Optional
 
+from capsrun import __version__
 from capsrun.commands import COMMANDS
 from capsrun.commands.frontend import log_progress_to_stderr, run
 from capsrun.errors import EXIT_USAGE
@@ -24,6 +25,8 @@ commands:
   bench   train/eval speed on this machine vs a plain reference CapsNet and the conv-only bound
   report  table, CSV and plot of a sweep: mean +- std test error per setting over seeds (sweep_dir=PATH)
 
+`capsrun <command> --help` lists a command's settings; `capsrun --version` prints the version.
+
 examples:
   capsrun train epochs=50
   capsrun train -m model.routing_iterations=1,2,3
@@ -36,6 +39,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else EXIT_USAGE
+    if argv[0] in ("-V", "--version"):
+        print(f"capsrun {__version__}")
+        return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"capsrun: error: unknown command '{command}'; choose one of: {', '.join(COMMANDS)} "

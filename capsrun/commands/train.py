@@ -29,6 +29,9 @@ FLAG_VALUES.update({"--info": INFO_CHOICES, "-i": INFO_CHOICES})
 INFORMATIONAL = {"--help", "-h", "--cfg", "-c", "--info", "--hydra-help", "--shell-completion", "-sc"}
 """Hydra flags that print and exit: the overrides are not checked, nothing runs."""
 
+HYDRA_FLAGS = {*FLAG_VALUES, *INFORMATIONAL, "-m", "--multirun", "--resolve", "-r", "--run", "--version"}
+"""Every flag Hydra's command line knows; anything else starting with - is a mistake."""
+
 
 def split_args(args: Sequence[str]) -> Tuple[List[str], List[str]]:
     """(Hydra flags such as -m/--cfg with their values, config overrides), in any order:
@@ -121,8 +124,18 @@ def run_hydra(argv: Sequence[str]) -> int:
     return 0
 
 
+def check_flags(flags: Sequence[str]) -> None:
+    """`--epochs 3` is not a Hydra flag: capsrun takes `key=value` overrides."""
+    for flag in flags:
+        if flag.startswith("-") and flag not in HYDRA_FLAGS:
+            key = flag.lstrip("-").split("=", 1)[0].replace("-", "_")
+            raise CapsrunError(f"unknown option {flag}; capsrun train takes key=value overrides (e.g. {key}=...); "
+                               "capsrun train --help lists them")
+
+
 def train_command(args: List[str]) -> int:
     flags, overrides = split_args(args)
+    check_flags(flags)
     overrides = resume_overrides(overrides)
     if not INFORMATIONAL.intersection(flags):
         check_output_location(overrides)
