@@ -63,6 +63,7 @@ class ModelConfig:
     primary_strides: int = 2
     digit_dim: int = 16
     routing: str = "dynamic"
+    routing_squash: str = "paper"
     routing_iterations: int = 3
     decoder_units: List[int] = field(default_factory=lambda: [512, 1024])
     cnn_channels: List[int] = field(default_factory=lambda: [256, 256, 128])

@@ -45,6 +45,10 @@ def validate(cfg: DictConfig) -> None:
     _check(0 < affine.scale_min <= affine.scale_max, "data.affine needs 0 < scale_min <= scale_max")
     _check(model.name in MODELS, f"model.name must be one of {', '.join(MODELS)}; got '{model.name}'")
     _check(model.routing in ROUTINGS, f"model.routing must be one of {', '.join(ROUTINGS)}; got '{model.routing}'")
+    _check(model.routing_squash in ("paper", "efficient"),
+           f"model.routing_squash must be paper or efficient; got '{model.routing_squash}'")
+    _check(model.routing_squash == "paper" or model.routing == "self_attention",
+           "model.routing_squash=efficient needs model.routing=self_attention (the other routings keep their own)")
     _check(
         not (model.name == "baseline_cnn" and data.name == "multimnist"),
         "model=baseline_cnn classifies one object per image; use model=capsnet for data=multimnist",

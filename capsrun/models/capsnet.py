@@ -69,6 +69,7 @@ class CapsNet(keras.Model):
         decoder_units: Sequence[int] = (512, 1024),
         num_targets: int = 1,
         routing: str = "dynamic",
+        routing_squash: str = "paper",
         loss: Optional[CapsuleLoss] = None,
         **kwargs,
     ):
@@ -84,7 +85,8 @@ class CapsNet(keras.Model):
             primary_maps, primary_dim, primary_kernel, primary_strides, name="primary_caps"
         )
         self.digit_caps = DigitCaps(
-            self.num_classes, digit_dim, routing_iterations, routing=routing, dtype="float32", name="digit_caps"
+            self.num_classes, digit_dim, routing_iterations, routing=routing, routing_squash=routing_squash,
+            dtype="float32", name="digit_caps"
         )
         self.decoder = Decoder(decoder_units, self.image_shape, name="decoder")
 
@@ -144,6 +146,7 @@ def build(model_cfg: Any, loss_cfg: Any, spec: InputSpec) -> CapsNet:
         decoder_units=tuple(model_cfg.decoder_units),
         num_targets=spec.num_targets,
         routing=model_cfg.routing,
+        routing_squash=model_cfg.routing_squash,
         loss=CapsuleLoss.from_config(loss_cfg),
         name="capsnet",
     )

@@ -57,17 +57,21 @@ class DigitCaps(keras.layers.Layer):
     once to the [B, J, I, D_out] layout of the routing interface, which needs no further transposes.
     """
 
-    def __init__(self, num_capsules: int, dim: int, routing_iterations: int, routing: str = "dynamic", **kwargs):
+    def __init__(self, num_capsules: int, dim: int, routing_iterations: int, routing: str = "dynamic",
+                 routing_squash: str = "paper", **kwargs):
         super().__init__(**kwargs)
         self.num_capsules = num_capsules
         self.dim = dim
         self.routing_iterations = routing_iterations
         self.routing = routing
-        self.router = get_routing(routing)(iterations=routing_iterations, dtype="float32", name="routing")
+        self.routing_squash = routing_squash
+        options = {} if routing_squash == "paper" else {"squash": routing_squash}  # routings with a squash option
+        self.router = get_routing(routing)(iterations=routing_iterations, dtype="float32", name="routing", **options)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "num_capsules": self.num_capsules, "dim": self.dim,
-                "routing_iterations": self.routing_iterations, "routing": self.routing}
+                "routing_iterations": self.routing_iterations, "routing": self.routing,
+                "routing_squash": self.routing_squash}
 
     def build(self, input_shape: tuple) -> None:
         self.num_inputs, self.input_dim = int(input_shape[1]), int(input_shape[2])

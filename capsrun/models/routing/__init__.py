@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 
 ROUTINGS = {
     "dynamic": "capsrun.models.routing.dynamic",  # routing-by-agreement, Procedure 1 of Sabour et al.
+    "uniform": "capsrun.models.routing.uniform",  # coupling fixed at 1/J, no agreement (the control)
+    "max_min": "capsrun.models.routing.max_min",  # dynamic routing, max-min normalised coupling (Zhao et al. 2019)
+    "self_attention": "capsrun.models.routing.self_attention",  # Efficient-CapsNet (Mazzia et al. 2021)
+    "inverted_dot_product": "capsrun.models.routing.inverted_dot_product",  # Tsai et al. 2020, LayerNorm
 }
 """`model.routing` name -> the module that implements it (imported when a model is built)."""
 

@@ -55,7 +55,7 @@ def route(votes: tf.Tensor, iterations: int) -> Tuple[tf.Tensor, tf.Tensor]:
         states, logits, coupling = [], None, None
         for iteration in range(iterations):
             if iteration == 0:
-                coupling = tf.fill(tf.shape(predictions)[:3], 1.0 / num_outputs)
+                coupling = tf.fill(tf.shape(predictions)[:3], tf.constant(1.0 / num_outputs, predictions.dtype))
                 weighted = tf.reduce_sum(predictions, axis=2) / num_outputs
             else:
                 coupling = _softmax_over_outputs(logits)

@@ -1,0 +1,82 @@
+"""Max-min routing (`model.routing=max_min`): NumPy reference of Procedure 1 with max-min
+normalised coupling, finite differences, and training inside the real CapsNet."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from capsrun.models.routing.max_min import LOWER_BOUND, UPPER_BOUND
+from tests.unit.models.routing_checks import (
+    assert_gradients_match_finite_differences,
+    make_layer,
+    make_votes,
+    numpy_squash,
+    train_one_step_and_round_trip,
+)
+
+
+def numpy_max_min(votes, iterations, lower=0.01, upper=1.0):
+    """Routing-by-agreement, one example and one input capsule at a time, with
+    c_i = lb + (ub - lb) (b_i - min b_i) / (max b_i - min b_i) over the parents, and c_i = lb
+    while all b_i are equal (b = 0 at the start). votes [B, J, I, D] float64."""
+    batch, parents, inputs, _ = votes.shape
+    all_v, all_c = [], []
+    for b in range(batch):
+        u = votes[b]  # [J, I, D]
+        logits = np.zeros((parents, inputs))
+        for r in range(iterations):
+            c = np.empty((parents, inputs))
+            for i in range(inputs):
+                low, high = logits[:, i].min(), logits[:, i].max()
+                c[:, i] = lower if high == low else lower + (upper - lower) * (logits[:, i] - low) / (high - low)
+            v = numpy_squash(np.einsum("ji,jid->jd", c, u))
+            if r < iterations - 1:
+                logits = logits + np.einsum("jid,jd->ji", u, v)
+        all_v.append(v)
+        all_c.append(c)
+    return np.stack(all_v), np.stack(all_c)
+
+
+def test_bounds_are_the_published_ones():
+    assert (LOWER_BOUND, UPPER_BOUND) == (0.01, 1.0)
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 3, 5])
+def test_max_min_matches_numpy(iterations):
+    votes = make_votes(seed=1, scale=2.0)
+    parents, coupling = make_layer("max_min", iterations)(tf.constant(votes))
+    expected_parents, expected_coupling = numpy_max_min(votes, iterations)
+    np.testing.assert_allclose(parents.numpy(), expected_parents, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(coupling.numpy(), expected_coupling, rtol=1e-6, atol=1e-9)
+    c = coupling.numpy()
+    if iterations == 1:
+        np.testing.assert_array_equal(c, LOWER_BOUND)
+    else:  # per input capsule, over the parents: the worst-agreeing gets lb, the best ub
+        np.testing.assert_allclose(c.min(axis=1), LOWER_BOUND, rtol=1e-12)
+        np.testing.assert_allclose(c.max(axis=1), UPPER_BOUND, rtol=1e-12)
+        assert np.abs(c.sum(axis=1) - 1).max() > 0.5  # not a distribution over the parents
+
+
+def test_max_min_routes_far_from_uniform():
+    coupling = make_layer("max_min", 3)(tf.constant(make_votes(seed=1, scale=2.0)))[1].numpy()
+    middle = (coupling > 0.1) & (coupling < 0.9)
+    assert middle.mean() < 0.5  # most couplings are pushed to the bounds
+
+
+@pytest.mark.parametrize("iterations", [2, 3])
+def test_max_min_gradients_match_finite_differences(iterations):
+    assert_gradients_match_finite_differences(make_layer("max_min", iterations), make_votes(seed=2, scale=2.0))
+
+
+def test_max_min_has_finite_gradients_for_zero_votes():
+    votes = tf.zeros((2, 4, 6, 5), tf.float32)
+    layer = make_layer("max_min", 3, dtype="float32")
+    with tf.GradientTape() as tape:
+        tape.watch(votes)
+        parents, coupling = layer(votes)
+        loss = tf.reduce_sum(parents) + tf.reduce_sum(coupling)
+    assert np.all(np.isfinite(tape.gradient(loss, votes).numpy()))
+
+
+def test_capsnet_with_max_min_routing_trains_and_round_trips(tmp_path):
+    names = train_one_step_and_round_trip(tmp_path, "max_min")
+    assert not [name for name in names if "/router/" in name]  # no weights of its own
