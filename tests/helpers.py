@@ -1,8 +1,9 @@
-"""Test-only helpers that used to live in the package: the [B, I, J, D] view of dynamic routing
-and of the digit-capsule votes, the MultiMNIST overlap measure, and building a model from a
-composed config."""
+"""Test-only helpers shared by several test files: the [B, I, J, D] view of dynamic routing and of
+the digit-capsule votes, squash in NumPy, float32 comparisons, the MultiMNIST overlap measure, a
+tree of class folders of images, and building a model from a composed config."""
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from capsrun.models.base import InputSpec
 from capsrun.models.registry import build_model
@@ -39,3 +40,26 @@ def bounding_box_overlap(components):
         shared = max(0, min(b0, b1) - max(t0, t1)) * max(0, min(r0, r1) - max(l0, l1))
         overlaps.append(shared / min((b0 - t0) * (r0 - l0), (b1 - t1) * (r1 - l1)))
     return np.asarray(overlaps)
+
+
+def numpy_squash(s):
+    norm2 = np.sum(s**2, axis=-1, keepdims=True)
+    return norm2 / (1 + norm2) * s / np.sqrt(norm2)
+
+
+def assert_same(fast, plain, rtol, atol_fraction):
+    """Equal up to float32 round-off: atol relative to the largest magnitude of `plain`."""
+    fast, plain = np.asarray(fast), np.asarray(plain)
+    np.testing.assert_allclose(fast, plain, rtol=rtol, atol=atol_fraction * (np.abs(plain).max() + 1e-30))
+
+
+def make_image_tree(root, classes=3, per_class=40, size=(37, 23)):
+    """Class folders of RGB PNGs of an odd size; each class has its own dominant colour."""
+    rng = np.random.default_rng(0)
+    for label in range(classes):
+        folder = root / f"class_{label}"
+        folder.mkdir(parents=True)
+        for index in range(per_class):
+            pixels = rng.integers(0, 60, (*size, 3), dtype=np.uint8)
+            pixels[..., label] += 150
+            Image.fromarray(pixels, "RGB").save(folder / f"{index}.png")

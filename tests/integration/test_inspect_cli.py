@@ -154,26 +154,6 @@ def test_visualize_chosen_digits_and_range(runs, tmp_path):
     assert png_size(tmp_path / "reconstructions.png") == (550, 155)
 
 
-def test_perturbation_grid_regenerates_the_winning_capsule():
-    import tensorflow as tf
-
-    from capsrun.analysis.capsules import perturbation_grids
-    from capsrun.commands.visualize import perturbation_deltas
-    from tests.conftest import compose_config
-    from tests.helpers import build
-
-    deltas = perturbation_deltas(0.25, 0.05)
-    assert len(deltas) == 11 and deltas[5] == 0.0 and deltas[0] == pytest.approx(-0.25)
-    model = build(compose_config())
-    images = np.random.default_rng(0).uniform(size=(2, 28, 28, 1)).astype(np.float32)
-    grids, capsules, predicted = perturbation_grids(model, images, deltas)
-    assert grids.shape == (2, 16, 11, 28, 28, 1)
-    plain = model.reconstruct(tf.constant(capsules), tf.constant(predicted)).numpy()
-    for dim in (0, 15):
-        np.testing.assert_allclose(grids[:, dim, 5], plain, atol=1e-6)  # a zero shift changes nothing
-    assert np.abs(grids[:, :, 0] - grids[:, :, -1]).max() > 1e-4
-
-
 def test_predict_matches_eval_and_export_serves_without_capsrun(runs, evaluated, test_images, tmp_path):
     run = runs[1][0]
     rows, lengths = read_predictions(run)
@@ -225,48 +205,6 @@ def test_predict_centres_scans_and_prints_a_table(runs, evaluated, test_images, 
     assert row.split()[0] == str(tmp_path / "scan.jpg")
     rows, _ = read_predictions(runs[1][0])
     assert int(row.split()[1]) == int(rows[0]["predicted"]) == test_images.labels[0]
-
-
-def test_mnist_style_preparation():
-    from capsrun.commands.predict import to_mnist
-
-    rng = np.random.default_rng(0)
-    paper = np.full((90, 120), 230.0) + rng.normal(0, 3, (90, 120))
-    paper[20:70, 70:80] = 20.0  # a dark vertical bar ("1") right of centre on grey paper
-    prepared = to_mnist(paper, invert="auto", center="auto")
-    assert prepared.dtype == np.uint8 and prepared.shape == (28, 28)
-    rows, cols = np.flatnonzero(prepared.max(axis=1) > 0), np.flatnonzero(prepared.max(axis=0) > 0)
-    assert rows[-1] - rows[0] + 1 == 20 and cols[-1] - cols[0] + 1 <= 6
-    weights = prepared.astype(float)
-    centre = ((weights.sum(axis=1) * np.arange(28)).sum() / weights.sum(),
-              (weights.sum(axis=0) * np.arange(28)).sum() / weights.sum())
-    assert centre == pytest.approx((14.0, 14.0), abs=0.6)
-    assert prepared[0].max() == 0 and prepared[:, 0].max() == 0  # the paper became black
-    assert to_mnist(paper, invert="false", center="false").mean() > 200  # left as it is, resized
-    already = rng.integers(0, 255, (28, 28)).astype(np.float32)
-    assert np.array_equal(to_mnist(already, invert="false"), already.astype(np.uint8))
-
-
-def test_paths_with_equals_signs_and_commas_are_quoted(tmp_path):
-    from capsrun.commands import eval, export, predict, visualize
-    from capsrun.commands.frontend import quote_paths
-
-    job = tmp_path / "epochs=3,seed=1"
-    job.mkdir()
-    assert quote_paths([f"run_dir={job}"], eval.SPEC) == [f"run_dir='{job}'"]
-    assert quote_paths([f"run_dir=[{job},{tmp_path}]"], eval.SPEC) == [f"run_dir=['{job}','{tmp_path}']"]
-    assert quote_paths(["images=a b.png", "output=json"], predict.SPEC) == ["images=['a b.png']", "output=json"]
-    assert quote_paths(["indices=[1,2]"], visualize.SPEC) == ["indices=[1,2]"]
-    assert quote_paths(["indices=7", "checkpoint=last"], visualize.SPEC) == ["indices=[7]", "checkpoint='last'"]
-    assert quote_paths(["output=a b/model"], export.SPEC) == ["output='a b/model'"]
-
-
-def test_atomic_write_leaves_nothing_on_failure(tmp_path):
-    from capsrun.atomic import write_bytes_atomic
-
-    with pytest.raises(TypeError):
-        write_bytes_atomic(tmp_path / "eval.json", "not bytes")
-    assert list(tmp_path.iterdir()) == []
 
 
 def _not_a_run(tmp_path, run):

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from tests.conftest import compose_config, last_stderr_line, run_cli
+from tests.conftest import last_stderr_line, run_cli
 
 TINY = ["experiment=smoke"]  # 256 training digits, a small model
 JOB_NAMES = {f"experiment=smoke,model.routing_iterations={r},seed={s}" for r in (1, 2) for s in (0, 1)}
@@ -167,67 +167,6 @@ def test_submitit_local_sweep_runs_jobs_in_separate_processes(tmp_path):
     assert len(submitted) == 2  # one submitit job (its own process) per sweep job
 
 
-def write_job(folder, routing, recon, seed, error, best, speed, evaluated=True):
-    """A finished job folder of a Table 1-shaped sweep: config, metrics.json and eval.json."""
-    cfg = compose_config(f"model.routing_iterations={routing}", f"loss.recon_weight={recon}", f"seed={seed}")
-    (folder / ".hydra").mkdir(parents=True)
-    OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
-    (folder / "metrics.json").write_text(json.dumps(
-        {"status": "completed", "best_val_accuracy": best, "images_per_second": speed, "global_step": 8}))
-    if evaluated:
-        (folder / "eval.json").write_text(json.dumps({"test_error_percent": error, "step": 8}))
-
-
-def test_report_groups_a_table1_shaped_sweep_over_seeds(tmp_path):
-    from capsrun.commands.report import report_command
-
-    expected = {}
-    for routing in (1, 3):
-        for recon in (0, 0.0005):
-            for seed in (0, 1, 2):
-                error = 0.3 + 0.01 * seed + (0.05 if recon == 0 else 0) + 0.02 * routing
-                expected.setdefault((routing, recon), []).append(error)
-                write_job(tmp_path / f"loss.recon_weight={recon},model.routing_iterations={routing},seed={seed}",
-                          routing, recon, seed, error, 0.99 - seed / 1000, 100.0 + seed,
-                          evaluated=seed != 2 or routing != 3)
-    (tmp_path / "unfinished" / ".hydra").mkdir(parents=True)
-    OmegaConf.save(compose_config(), tmp_path / "unfinished" / ".hydra" / "config.yaml")
-    assert report_command([f"sweep_dir={tmp_path}", "evaluate=false"]) == 0
-    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
-    assert [(row["model.routing_iterations"], row["loss.recon_weight"]) for row in rows] == [
-        ("1", "0.0"), ("1", "0.0005"), ("3", "0.0"), ("3", "0.0005")]
-    for row in rows:
-        errors = expected[(int(row["model.routing_iterations"]), float(row["loss.recon_weight"]))]
-        evaluated = errors if row["model.routing_iterations"] == "1" else errors[:2]
-        assert (int(row["n_runs"]), int(row["n_evaluated"])) == (3, len(evaluated))
-        assert float(row["test_error_percent_mean"]) == pytest.approx(statistics.mean(evaluated))
-        assert float(row["test_error_percent_std"]) == pytest.approx(statistics.stdev(evaluated))
-        assert float(row["best_val_accuracy_percent_max"]) == pytest.approx(99.0)
-        assert float(row["images_per_second_mean"]) == pytest.approx(101.0)
-    assert "3 (2 evaluated)" in (tmp_path / "report.md").read_text()
-    assert "1 not finished, left out" in (tmp_path / "report.md").read_text()
-
-
-def test_report_sets_capsnet_against_the_cnn_on_the_affine_test_set(tmp_path):
-    from capsrun.commands.report import report_command
-
-    for model, errors, affine in (("capsnet", (0.8, 1.0), (20.0, 22.0)), ("baseline_cnn", (0.7, 0.9), (33.0, 35.0))):
-        for seed in (0, 1):
-            folder = tmp_path / f"model={model},seed={seed}"
-            (folder / ".hydra").mkdir(parents=True)
-            cfg = compose_config(f"model={model}", "data=affnist", f"seed={seed}")
-            OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
-            (folder / "metrics.json").write_text(json.dumps({"status": "completed", "best_val_accuracy": 0.99}))
-            (folder / "eval.json").write_text(json.dumps({"test_error_percent": errors[seed], "extra_tests": {
-                "affine": {"test_error_percent": affine[seed]}}}))
-    assert report_command([f"sweep_dir={tmp_path}", "evaluate=false"]) == 0
-    rows = {row["model.name"]: row for row in csv.DictReader((tmp_path / "report.csv").open())}
-    assert float(rows["capsnet"]["affine_test_error_percent_mean"]) == pytest.approx(21.0)
-    assert float(rows["baseline_cnn"]["affine_test_error_percent_mean"]) == pytest.approx(34.0)
-    assert float(rows["baseline_cnn"]["test_error_percent_mean"]) == pytest.approx(0.8)
-    assert "affine test error % (mean ± std)" in (tmp_path / "report.md").read_text()
-
-
 BAD_REPORTS = [
     ([], "sweep_dir is required"),
     (["sweep_dir=/no/such/sweep"], "is not a folder"),
@@ -288,3 +227,16 @@ def test_launcher_settings_print_with_overrides_before_cfg():
     assert result.returncode == 0, result.stderr[-2000:]
     launcher = yaml.safe_load(result.stdout)["hydra"]["launcher"]
     assert launcher["_target_"].endswith("submitit_launcher.LocalLauncher") and "timeout_min" in launcher
+
+
+def test_sweep_job_folders_have_no_glob_characters(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli("train", "-m", "experiment=smoke", "data.train_size=64", "model.decoder_units=[16,32]",
+                     f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (job,) = [path for path in sweep.iterdir() if path.is_dir() and not path.name.startswith(".")
+              and path.name != "tensorboard"]
+    assert job.name == "data.train_size=64,experiment=smoke,model.decoder_units=(16,32)"
+    assert (job / "checkpoints" / "last" / "checkpoint").is_file()
+    evaluated = run_cli("eval", f"run_dir={job}")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]

@@ -147,16 +147,3 @@ def test_resume_from_a_truncated_checkpoint_is_one_line(trained_run, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "cannot be restored" in last_stderr_line(result)
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_completed"] == 1
-
-
-def test_sweep_job_folders_have_no_glob_characters(tmp_path):
-    sweep = tmp_path / "sweep"
-    result = run_cli("train", "-m", "experiment=smoke", "data.train_size=64", "model.decoder_units=[16,32]",
-                     f"hydra.sweep.dir={sweep}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    (job,) = [path for path in sweep.iterdir() if path.is_dir() and not path.name.startswith(".")
-              and path.name != "tensorboard"]
-    assert job.name == "data.train_size=64,experiment=smoke,model.decoder_units=(16,32)"
-    assert (job / "checkpoints" / "last" / "checkpoint").is_file()
-    evaluated = run_cli("eval", f"run_dir={job}")
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]

@@ -1,34 +1,16 @@
-"""Bundled MNIST, checksums, other sources, splits and the tf.data pipelines."""
+"""The readers: bundled-MNIST checksums, IDX, npz, image folders, CIFAR-10 batches, missing downloads."""
 import gzip
+import pickle
 import shutil
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from capsrun.data.pipeline import eval_dataset, random_shift, train_dataset
 from capsrun.data.sources import BUNDLED_MNIST, read_idx
 from capsrun.data.splits import load_splits
 from capsrun.errors import CapsrunError
 from tests.conftest import compose_config
-
-
-def test_bundled_mnist_has_all_70000_digits_and_passes_checksums():
-    cfg = compose_config(experiment=None)
-    splits = load_splits(cfg.data, seed=0)
-    assert len(splits.train) == 55_000 and len(splits.val) == 5_000 and len(splits.test) == 10_000
-    assert splits.image_shape == (28, 28, 1) and splits.num_classes == 10
-    assert splits.train.images.dtype == np.uint8
-    assert sorted(np.unique(splits.test.labels)) == list(range(10))
-
-
-def test_validation_split_is_fixed_by_seed_and_disjoint_from_training():
-    cfg = compose_config("data.train_size=2000", "data.val_size=500")
-    a, b, c = (load_splits(cfg.data, seed) for seed in (0, 0, 1))
-    np.testing.assert_array_equal(a.val.images, b.val.images)
-    assert not np.array_equal(a.val.images, c.val.images)
-    train_rows = {row.tobytes() for row in a.train.images}
-    assert len(a.train) == 2000 and not any(row.tobytes() in train_rows for row in a.val.images[:200])
+from tests.helpers import make_image_tree
 
 
 def _copy_mnist(tmp_path):
@@ -72,32 +54,34 @@ def test_npz_source_is_loaded(tmp_path):
     assert splits.image_shape == (28, 28, 1)
 
 
-def test_random_shift_translates_with_zero_padding():
-    image = np.zeros((1, 28, 28, 1), np.uint8)
-    image[0, 10:14, 12:15, 0] = 200
-    shifted = random_shift(tf.constant(np.repeat(image, 64, axis=0)), 2, tf.constant([1, 2], tf.int64)).numpy()
-    offsets = set()
-    for out in shifted:
-        rows, cols = np.nonzero(out[..., 0])
-        assert out.sum() == image.sum()
-        offsets.add((rows.min() - 10, cols.min() - 12))
-    assert all(-2 <= dy <= 2 and -2 <= dx <= 2 for dy, dx in offsets) and len(offsets) > 5
+def test_image_folder_is_split_resized_and_kept_in_colour(tmp_path):
+    make_image_tree(tmp_path / "tree")
+    cfg = compose_config("data=folder", f"data.path={tmp_path / 'tree'}", "data.image_size=[20,24]", "data.val_size=10")
+    splits = load_splits(cfg.data, seed=0)
+    assert splits.image_shape == (20, 24, 3) and splits.num_classes == 3
+    assert splits.class_names == ("class_0", "class_1", "class_2")
+    assert len(splits.test) == 12 and len(splits.train) + len(splits.val) == 108
+    assert sorted(np.bincount(splits.test.labels)) == [4, 4, 4]
+    means = splits.train.images.reshape(len(splits.train), -1, 3).mean(axis=1)
+    assert np.all(means.argmax(axis=1) == splits.train.labels)
 
 
-def test_training_order_depends_on_seed_and_epoch_only_and_skip_resumes_it():
-    splits = load_splits(compose_config("data.train_size=256").data, 0)
-    first = [labels.numpy() for _, labels in train_dataset(splits.train, 32, 0, epoch=1, shift_pixels=2)]
-    again = [labels.numpy() for _, labels in train_dataset(splits.train, 32, 0, epoch=1, shift_pixels=2)]
-    other = [labels.numpy() for _, labels in train_dataset(splits.train, 32, 0, epoch=2, shift_pixels=2)]
-    skipped = [labels.numpy() for _, labels in train_dataset(splits.train, 32, 0, 1, 2, skip_batches=3)]
-    np.testing.assert_array_equal(np.concatenate(first), np.concatenate(again))
-    assert not np.array_equal(np.concatenate(first), np.concatenate(other))
-    np.testing.assert_array_equal(np.concatenate(first[3:]), np.concatenate(skipped))
-    assert len(first) == 8
+def test_cifar10_batches_folder_is_read(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (20, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, 20))}
+        with open(folder / name, "wb") as stream:
+            pickle.dump(batch, stream)
+    splits = load_splits(compose_config("data=cifar10", f"data.path={folder}", "data.val_size=10").data, 0)
+    assert splits.image_shape == (32, 32, 3) and len(splits.test) == 20 and splits.class_names[0] == "airplane"
+    with open(folder / "test_batch", "rb") as stream:
+        first = pickle.load(stream)[b"data"][0]
+    np.testing.assert_array_equal(splits.test.images[0, 0, :3, 0], first[:3])
+    np.testing.assert_array_equal(splits.test.images[0, 0, 0], first[[0, 1024, 2048]])
 
 
-def test_eval_dataset_keeps_every_example_in_order():
-    splits = load_splits(compose_config().data, 0)
-    batches = list(eval_dataset(splits.test, 50))
-    assert batches[0][0].dtype == tf.uint8
-    np.testing.assert_array_equal(np.concatenate([labels.numpy() for _, labels in batches]), splits.test.labels)
+def test_missing_download_explains_where_to_put_the_files(tmp_path):
+    with pytest.raises(CapsrunError, match="capsrun never downloads"):
+        load_splits(compose_config("data=fashion_mnist", f"data.path={tmp_path / 'nothing'}").data, 0)

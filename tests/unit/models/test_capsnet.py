@@ -1,11 +1,9 @@
-"""Model size and interface, margin and reconstruction losses."""
+"""The CapsNet: size, interface, masking of the reconstruction, sizes derived from the input shape."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from capsrun.models.capsnet import CapsNet
-from capsrun.models.losses import CapsuleLoss, margin_loss, reconstruction_loss
-from capsrun.training.checkpoints import saved_variable_count
 from tests.conftest import compose_config
 from tests.helpers import build
 
@@ -51,34 +49,13 @@ def test_evaluation_masks_by_predicted_class_and_training_by_label():
                                model.reconstruct(outputs["capsules"], other).numpy(), rtol=1e-6)
 
 
-def test_margin_loss_matches_hand_computed_values():
-    lengths = tf.constant([[0.95, 0.05, 0.5], [0.2, 0.7, 0.1]])
-    targets = tf.constant([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-    # example 1: present 0.95 > 0.9 -> 0; absent 0.05 < 0.1 -> 0; absent 0.5: 0.5 * 0.4^2 = 0.08
-    # example 2: absent 0.2: 0.5 * 0.1^2 = 0.005; present 0.7: 0.2^2 = 0.04; absent 0.1 -> 0
-    loss = margin_loss(lengths, targets, m_plus=0.9, m_minus=0.1, lambda_=0.5).numpy()
-    np.testing.assert_allclose(loss, [0.08, 0.045], rtol=1e-5)
-
-
-def test_reconstruction_loss_is_the_sum_of_squared_errors_per_image():
-    images = tf.zeros([2, 28, 28, 1])
-    recon = tf.fill([2, 28, 28, 1], 0.5)
-    np.testing.assert_allclose(reconstruction_loss(images, recon).numpy(), [784 * 0.25] * 2, rtol=1e-6)
-
-
-def test_total_loss_weights_the_summed_reconstruction_error(smoke_cfg):
-    lengths = tf.constant([[0.95] + [0.0] * 9])
-    images, recon = tf.zeros([1, 28, 28, 1]), tf.fill([1, 28, 28, 1], 0.5)
-    losses = CapsuleLoss.from_config(smoke_cfg.loss)(lengths, tf.constant([0]), images, recon)
-    np.testing.assert_allclose(losses["total"].numpy(), [0.0005 * 196.0], rtol=1e-5)
-    no_recon = compose_config("loss.recon_weight=0").loss
-    assert float(CapsuleLoss.from_config(no_recon)(lengths, tf.constant([0]), images, recon)["total"][0]) == 0.0
-
-
-@pytest.mark.parametrize("name", ["capsnet", "baseline_cnn"])
-def test_a_model_only_checkpoint_holds_every_weight(tmp_path, name):
-    cfg = compose_config(f"model={name}", "model.cnn_channels=[4,4,2]", "model.fc_units=[8,4]")
-    model = build(cfg)
-    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
-    assert saved_variable_count(path) == len(model.weights)
-    assert len(tf.train.list_variables(path)) == len(model.weights) + 2  # + save counter, object graph
+@pytest.mark.parametrize("shape,primary,params", [
+    ((28, 28, 1), 1152, 8_215_568),
+    ((32, 32, 3), 2048, 62_464 + 5_308_672 + 2048 * 10 * 16 * 8 + 82_432 + 525_312 + 1024 * 3072 + 3072),
+    ((40, 40, 1), 4608, 20_992 + 5_308_672 + 4608 * 10 * 16 * 8 + 82_432 + 525_312 + 1024 * 1600 + 1600),
+])
+def test_model_is_derived_from_the_input_shape(shape, primary, params):
+    model = build(compose_config(experiment=None), shape, 10)
+    assert model.digit_caps.kernel.shape == (primary, 10, 16, 8)
+    assert model.count_params() == params
+    assert model(np.zeros((2, *shape), np.float32))["reconstructions"].shape == (2, *shape)

@@ -1,10 +1,18 @@
-"""Training in-process: one device vs. MirroredStrategy on 2 logical CPUs, and learning on real digits."""
+"""Training in-process: one device vs. MirroredStrategy on 2 logical CPUs, learning on real digits, and the
+Trainer raising (never printing or exiting) when a run diverges or is stopped."""
+import json
+import os
+import signal
+
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from capsrun.data.pipeline import train_dataset
+from capsrun.data.pipeline import train_dataset, unpack
 from capsrun.data.splits import load_splits
+from capsrun.errors import TrainingDiverged, TrainingInterrupted
+from capsrun.training.steps import batch_sums
 from capsrun.training.trainer import Trainer
 from tests.conftest import compose_config
 
@@ -41,6 +49,12 @@ def test_mirrored_step_on_two_devices_equals_one_device(tmp_path):
     assert int(single.optimizer.iterations.numpy()) == int(mirrored.optimizer.iterations.numpy()) == 1
 
 
+def _updates(trainer, initial):
+    """The change of every trainable variable since `initial`, flattened into one float64 vector."""
+    return np.concatenate([(variable.numpy().astype(np.float64) - start).ravel()
+                           for variable, start in zip(trainer.model.trainable_variables, initial)])
+
+
 def test_gradient_clipping_is_exact_under_mirrored_strategy(tmp_path):
     cfg = compose_config("data.train_size=64", "trainer.max_grad_norm=0.01")
     splits = load_splits(cfg.data, cfg.seed)
@@ -49,6 +63,32 @@ def test_gradient_clipping_is_exact_under_mirrored_strategy(tmp_path):
     _one_step(single, splits), _one_step(mirrored, splits)
     for after_a, after_b in zip(single.model.trainable_variables, mirrored.model.trainable_variables):
         np.testing.assert_allclose(after_a.numpy(), after_b.numpy(), rtol=1e-4, atol=1e-6)
+    # Both took the step that the WHOLE batch's gradient, clipped to global norm 0.01, gives: the
+    # gradient computed here in one piece, scaled by 0.01 / its norm, applied by a fresh optimizer
+    # of the same config to the same initial weights (Adam's first step is not scale-invariant with
+    # its epsilon, so the clipped step differs from the unclipped one).
+    expected = _trainer(cfg, tf.distribute.get_strategy(), tmp_path / "expected", splits)
+    variables = expected.model.trainable_variables
+    initial = [variable.numpy().astype(np.float64) for variable in variables]
+    batch = next(iter(train_dataset(splits.train, cfg.batch_size, seed=0, epoch=0, shift_pixels=2)))
+    images, labels, components = unpack(batch)
+    with tf.GradientTape() as tape:
+        outputs = expected.model(images, labels=labels, training=True)
+        loss = batch_sums(expected.model, outputs, images, labels, components)["loss"] / cfg.batch_size
+    gradients = tape.gradient(loss, variables)
+    norm = float(tf.linalg.global_norm(gradients))
+    assert norm > 2 * cfg.trainer.max_grad_norm, norm  # the clipping has something to do
+    expected.optimizer.apply_gradients(zip([g * (cfg.trainer.max_grad_norm / norm) for g in gradients], variables))
+    clipped_update = _updates(expected, initial)
+    unclipped_cfg = compose_config("data.train_size=64")
+    unclipped = _trainer(unclipped_cfg, tf.distribute.OneDeviceStrategy("/cpu:0"), tmp_path / "unclipped", splits)
+    _one_step(unclipped, splits)
+    unclipped_update = _updates(unclipped, initial)
+    scale = np.abs(clipped_update).max()
+    assert np.linalg.norm(unclipped_update - clipped_update) > 0.1 * np.linalg.norm(clipped_update)
+    for trainer in (single, mirrored):
+        np.testing.assert_allclose(_updates(trainer, initial), clipped_update, rtol=1e-3, atol=1e-3 * scale,
+                                   err_msg=f"{trainer.strategy.num_replicas_in_sync} replica(s)")
 
 
 def test_loss_falls_and_accuracy_rises_on_real_digits(tmp_path):
@@ -60,3 +100,32 @@ def test_loss_falls_and_accuracy_rises_on_real_digits(tmp_path):
     assert len(history) == 6 and metrics["status"] == "completed"
     assert history[-1]["train_loss"] < 0.7 * history[0]["train_loss"]
     assert metrics["best_val_accuracy"] > 0.5
+
+
+def test_a_non_finite_loss_raises_training_diverged(tmp_path, capsys):
+    cfg = compose_config("loss.recon_weight=1e38", "trainer.progress_bar=false")
+    trainer = Trainer(cfg, tmp_path, tf.distribute.get_strategy(), load_splits(cfg.data, cfg.seed))
+    with pytest.raises(TrainingDiverged) as error:
+        trainer.fit()
+    assert error.value.step == 1 and "non-finite at step 1" in str(error.value)
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "diverged"
+    assert capsys.readouterr().err == ""
+
+
+def test_a_stop_signal_raises_training_interrupted_after_a_checkpoint(tmp_path, monkeypatch):
+    cfg = compose_config("trainer.progress_bar=false")
+    trainer = Trainer(cfg, tmp_path, tf.distribute.get_strategy(), load_splits(cfg.data, cfg.seed))
+    step = trainer.train_step
+
+    def step_then_signal(batch, stop):  # SIGTERM arrives during the first step
+        result = step(batch, stop)
+        if trainer.global_step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return result
+
+    monkeypatch.setattr(trainer, "train_step", step_then_signal)
+    with pytest.raises(TrainingInterrupted) as error:
+        trainer.fit()
+    assert error.value.signal_name == "SIGTERM" and error.value.step == 2  # the flag rides on the next step
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints" / "last")).endswith("ckpt-2")
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "interrupted"

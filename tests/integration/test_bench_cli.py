@@ -1,0 +1,58 @@
+"""`capsrun bench` end to end through the real command line (nothing here is timed)."""
+import json
+
+import pytest
+import tensorflow as tf
+
+from capsrun.models.capsnet import CapsNet
+from tests.conftest import last_stderr_line, run_cli
+
+BENCH_KEYS = {"capsrun_train", "capsrun_eval", "reference_train", "reference_eval", "conv_only",
+              "digit_caps_capsrun", "digit_caps_reference"}
+
+
+TINY_BENCH = ["model.conv1_filters=8", "model.primary_maps=2", "model.decoder_units=[16]",
+              "batch_sizes=[4,8]", "warmup_steps=1", "timed_steps=2", "pipeline_batches=3"]
+
+
+def test_bench_command_prints_the_table_and_writes_bench_json(tmp_path):
+    result = run_cli("bench", *TINY_BENCH, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for label in ("capsrun train", "reference train", "conv-only bound", "input pipeline",
+                  "capsrun train vs reference", "capsrun train / conv-only bound"):
+        assert label in result.stdout, label
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["command"].startswith("capsrun bench")
+    assert report["machine"]["cpu_cores"] >= 1 and report["machine"]["tensorflow"] == tf.__version__
+    assert report["config"]["batch_sizes"] == [4, 8] and report["config"]["timed_steps"] == 2
+    assert [r["batch_size"] for r in report["results"]] == [4, 8]
+    for results in report["results"]:
+        assert BENCH_KEYS | {"pipeline", "ratios", "batch_size", "other_processes_cpu_share"} == set(results)
+        assert 0 <= results["other_processes_cpu_share"] <= 1
+        for key in BENCH_KEYS:
+            entry = results[key]
+            assert len(entry["ms_per_step_all"]) == 2 and entry["ms_per_step"] > 0
+            assert entry["images_per_second"] == pytest.approx(results["batch_size"] * 1000 / entry["ms_per_step"])
+            assert entry["peak_rss_mib"] > 0 and entry["first_step_ms"] > 0
+        assert results["pipeline"]["images_per_second"] > 0 and results["pipeline"]["batches"] == 3
+        ratios = results["ratios"]
+        assert ratios["train_vs_reference"] == pytest.approx(
+            results["capsrun_train"]["images_per_second"] / results["reference_train"]["images_per_second"])
+        assert {"eval_vs_reference", "train_of_conv_bound", "pipeline_vs_train"} <= set(ratios)
+    tiny = CapsNet(conv1_filters=8, primary_maps=2, decoder_units=(16,))
+    tiny.build_for_inputs()
+    assert report["parameters"] == tiny.count_params()
+
+
+def test_bench_command_checks_its_config_before_measuring(tmp_path):
+    for args, message in [
+        (["timed_steps=0"], "timed_steps must be >= 1"),
+        (["batch_sizes=[]"], "batch_sizes must be a non-empty list"),
+        (["model=baseline_cnn"], "capsrun bench measures CapsNets"),
+        (["timed_step=3"], "timed_step"),
+        (["output=/proc/nope/bench.json"], "cannot write /proc/nope/bench.json"),
+    ]:
+        result = run_cli("bench", *args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        assert message in last_stderr_line(result), (args, last_stderr_line(result))
+    assert not (tmp_path / "bench.json").exists()
