@@ -144,8 +144,9 @@ def end_job() -> float:
       strategy) registers a `CustomGradient-N` function in TensorFlow's global gradient registry,
       and that function holds the traced step's whole graph: about 9 MiB per job that nothing
       would ever free. The ones registered since `start_job` are dropped (their graphs belong to
-      the finished job). Without this, the sweep test test_memory_stays_flat_over_a_4_job_sweep sees
-      12, 24, 36, 48 TensorFlow graphs alive after the four jobs instead of none.
+      the finished job). Without this, test_memory_stays_flat_over_a_4_job_sweep (in
+      tests/integration/test_sweeps_cli.py) sees 12, 24, 36, 48 TensorFlow graphs alive after the
+      four jobs instead of none.
     - Keras's global state (layer-name counters, the default graph, TensorFlow's kernel cache)
       is cleared, the job's models, optimizers and compiled functions are garbage collected, and
       the freed heap is returned to the operating system.
