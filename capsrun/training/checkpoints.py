@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from capsrun.errors import CapsrunError
@@ -63,9 +64,15 @@ def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str, partial: bool
 def saved_variable_count(path: str, child: str = "model") -> int:
     """How many variables the checkpoint at `path` holds below its root's `child` object (e.g. the
     model's weights), read from the checkpoint's object graph (variable names show only one of
-    the paths that reach a variable, so they cannot be counted by prefix)."""
+    the paths that reach a variable, so they cannot be counted by prefix). A checkpoint that
+    cannot be read (truncated by a full disk or an interrupted copy) is a CapsrunError."""
     graph = trackable_object_graph_pb2.TrackableObjectGraph()
-    graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    try:
+        graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    except (tf.errors.OpError, IndexError, ValueError, KeyError, DecodeError) as error:
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise CapsrunError(f"checkpoint {path} is damaged ({detail}); delete its files and use another "
+                           "checkpoint (checkpoint=last or best), or retrain") from None
     roots = [ref.node_id for ref in graph.nodes[0].children if ref.local_name == child]
     seen, stack = set(), list(roots)
     while stack:
@@ -77,8 +84,15 @@ def saved_variable_count(path: str, child: str = "model") -> int:
 
 
 def latest_checkpoint(run_dir: PathLike, kind: str = "last") -> Optional[str]:
-    """The newest checkpoint prefix in `checkpoints/<kind>` of a run folder, or None."""
-    return tf.train.latest_checkpoint(str(Path(run_dir) / CHECKPOINTS / kind))
+    """The newest checkpoint prefix in `checkpoints/<kind>` of a run folder, or None; a damaged
+    `checkpoint` index file there is a CapsrunError."""
+    folder = Path(run_dir) / CHECKPOINTS / kind
+    try:
+        return tf.train.latest_checkpoint(str(folder))
+    except (tf.errors.OpError, ValueError, UnicodeDecodeError) as error:
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise CapsrunError(f"{folder / 'checkpoint'} is damaged ({detail}); delete that index file and "
+                           "restore it from a copy, or retrain") from None
 
 
 def find_checkpoint(run_dir: PathLike, which: str = "best") -> str:

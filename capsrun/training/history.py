@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from capsrun.atomic import write_json_atomic
+from capsrun.errors import CapsrunError
 from capsrun.training.run_folder import METRICS, PathLike
 
 VAL_HISTORY_KEYS = ("loss", "accuracy", "reconstruction_error")
@@ -20,14 +21,13 @@ class RunHistory:
 
     def load(self, source_dir: PathLike, epochs_done: int) -> None:
         """Continues the history of a run folder: its records of the first `epochs_done` epochs."""
-        source = Path(source_dir) / METRICS
-        if source.is_file():
-            self.records = [record for record in json.loads(source.read_text()).get("history", [])
-                            if record["epoch"] <= epochs_done]
+        metrics = read_metrics(Path(source_dir) / METRICS)
+        if metrics is not None:
+            self.records = [record for record in metrics.get("history", []) if record["epoch"] <= epochs_done]
 
     def read(self) -> Optional[dict]:
         """This run's metrics.json, or None when there is none."""
-        return json.loads(self.path.read_text()) if self.path.is_file() else None
+        return read_metrics(self.path)
 
     def add_epoch(self, epoch: int, step: int, train: Dict[str, float], val: Optional[Dict[str, Any]]) -> None:
         """Records epoch `epoch` (1-based) ending at global step `step`."""
@@ -54,3 +54,18 @@ class RunHistory:
 
     def write(self, metrics: dict) -> None:
         write_json_atomic(self.path, metrics)
+
+
+def read_metrics(path: Path) -> Optional[dict]:
+    """A metrics.json (None when there is none); a damaged one is a CapsrunError naming it."""
+    if not path.is_file():
+        return None
+    try:
+        metrics = json.loads(path.read_text())
+        if not isinstance(metrics, dict) or not all(isinstance(record.get("epoch"), int)
+                                                    for record in metrics.get("history", [])):
+            raise ValueError("not a capsrun metrics file")
+    except (OSError, ValueError, AttributeError) as error:
+        raise CapsrunError(f"{path} is damaged ({error}); delete it to resume from the checkpoint without "
+                           "the epoch history") from None
+    return metrics

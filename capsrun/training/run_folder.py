@@ -16,7 +16,9 @@ import re
 from pathlib import Path
 from typing import Any, List, Sequence, Union
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from capsrun.atomic import unwritable_reason
 from capsrun.errors import CapsrunError
@@ -37,18 +39,36 @@ def is_run(folder: PathLike) -> bool:
     return (Path(folder) / RUN_CONFIG).is_file()
 
 
+def _load_yaml(path: Path) -> Any:
+    """A YAML file of a run folder; a damaged one is a CapsrunError naming it."""
+    try:
+        return OmegaConf.load(path)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as error:
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise CapsrunError(f"{path} is damaged ({detail}); restore it from a copy, or move the run "
+                           "folder aside and retrain") from None
+
+
 def load_run_config(run_dir: PathLike) -> DictConfig:
     """The resolved config a run was trained with (its `.hydra/config.yaml`)."""
     if not Path(run_dir).is_dir():
         raise CapsrunError(f"run folder {run_dir} does not exist")
     if not is_run(run_dir):
         raise CapsrunError(f"{run_dir} is not a capsrun run folder (no {RUN_CONFIG})")
-    return OmegaConf.load(Path(run_dir) / RUN_CONFIG)
+    config = _load_yaml(Path(run_dir) / RUN_CONFIG)
+    if not OmegaConf.is_dict(config):
+        raise CapsrunError(f"{Path(run_dir) / RUN_CONFIG} is damaged (not a mapping of config keys); restore it "
+                           "from a copy, or move the run folder aside and retrain")
+    return config
 
 
 def load_run_overrides(run_dir: PathLike) -> List[str]:
     """The command-line overrides the run was started with (its `.hydra/overrides.yaml`)."""
-    return list(OmegaConf.load(Path(run_dir) / RUN_OVERRIDES))
+    path = Path(run_dir) / RUN_OVERRIDES
+    overrides = _load_yaml(path) if path.is_file() else []
+    if not OmegaConf.is_list(overrides) and not isinstance(overrides, list):
+        raise CapsrunError(f"{path} is damaged (not a list of overrides); restore it from a copy")
+    return [str(override) for override in overrides]
 
 
 def check_writable(folder: PathLike) -> None:
