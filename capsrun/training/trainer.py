@@ -230,6 +230,8 @@ class Trainer:
                 self.checkpoints.save_last(step)
             if stop.agreed:
                 break
+        if interval.examples and not stop.agreed:  # the steps since the last log line, so that the end of
+            self._log_train(self.global_step, interval)  # each epoch (and a run shorter than N) is logged
         metrics = {"loss": float("nan"), **epoch.means()}
         metrics.update(images_per_second=epoch.images_per_second(), seconds=epoch.seconds())
         return metrics

@@ -129,3 +129,14 @@ def test_a_stop_signal_raises_training_interrupted_after_a_checkpoint(tmp_path, 
     assert error.value.signal_name == "SIGTERM" and error.value.step == 2  # the flag rides on the next step
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints" / "last")).endswith("ckpt-2")
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "interrupted"
+
+
+def test_the_steps_after_the_last_interval_are_logged_at_the_end_of_each_epoch(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = compose_config("epochs=2", "trainer.log_every_steps=5", "trainer.progress_bar=false")  # 8 steps/epoch
+    trainer = Trainer(cfg, tmp_path, tf.distribute.get_strategy(), load_splits(cfg.data, cfg.seed))
+    trainer.fit()
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+    steps = [event.step for event in events.Tensors("train/loss")]
+    assert steps == [5, 8, 10, 15, 16]  # every 5 steps, and the end of each epoch (8, 16)
