@@ -6,6 +6,7 @@ Outputs of a test set: numpy `labels` int [N] (or [N, T]), `scores` float32 [N, 
 `predictions` int [N] (or [N, T]), `images` uint8 [N, H, W, C].
 """
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -41,10 +42,12 @@ def evaluate_run(run_dir: Path, cfg: DictConfig, strategy: Any, devices: Dict[st
     extra = "".join(f" + {len(split):,} {name}" for name, split in splits.extra_tests.items())
     log.info(f"capsrun eval: {run_dir}: {len(splits.test):,} test images{extra}, checkpoint {restored.checkpoint}, "
         f"{strategy.num_replicas_in_sync} replica(s)")
-    evaluator = Evaluator(restored.model, strategy, batch_size, jit_compile=use_jit(run_cfg.trainer))
+    evaluator = Evaluator(restored.model, strategy, batch_size, jit_compile=use_jit(run_cfg.trainer),
+                          log_every_steps=run_cfg.trainer.log_every_steps)
     reports, sets = {}, {}
     for name, split in {"test": splits.test, **splits.extra_tests}.items():
-        metrics = evaluator.run(split, keep_outputs=True)
+        metrics = evaluator.run(split, keep_outputs=True,
+                                progress=None if sys.stderr.isatty() else f"capsrun eval: {name} set")
         reports[name] = set_report(metrics, split.labels)
         sets[name] = {"labels": split.labels, SCORES: metrics[SCORES], "predictions": metrics["predictions"],
                       "images": split.images}

@@ -5,7 +5,8 @@ tests with it.
 Every replica returns sums (never means), which are added across replicas and batches, so a
 partial last batch or an empty replica counts exactly. Shapes: N examples, J classes, T objects.
 """
-from typing import Any, Dict, Tuple
+import logging
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -13,7 +14,16 @@ import tensorflow as tf
 from capsrun.data.pipeline import eval_dataset, unpack
 from capsrun.data.splits import Split
 from capsrun.models.base import SCORES
+from capsrun.training.progress import ProgressLog
 from capsrun.training.steps import batch_sums
+
+log = logging.getLogger(__name__)
+
+
+def _running(totals: Dict[str, tf.Tensor]) -> Dict[str, float]:
+    """The mean loss and the accuracy of the batches summed so far (for a progress line)."""
+    count = max(float(totals["count"]), 1.0)
+    return {"loss": float(totals["loss"]) / count, "accuracy": float(totals["correct"]) / count}
 
 
 class Evaluator:
@@ -29,8 +39,10 @@ class Evaluator:
     digits and for ensembles.
     """
 
-    def __init__(self, model: Any, strategy: tf.distribute.Strategy, batch_size: int, jit_compile: bool = False):
+    def __init__(self, model: Any, strategy: tf.distribute.Strategy, batch_size: int, jit_compile: bool = False,
+                 log_every_steps: int = 20):
         self.model = model
+        self.log_every_steps = log_every_steps
         self.strategy = strategy
         self.batch_size = batch_size
         replica_step = tf.function(self._replica_step, jit_compile=jit_compile, reduce_retracing=True)
@@ -66,17 +78,23 @@ class Evaluator:
         sums, scores = per_replica
         return self._sum(sums), self.strategy.gather(scores, axis=0)
 
-    def run(self, split: Split, keep_outputs: bool = False) -> Dict[str, Any]:
+    def run(self, split: Split, keep_outputs: bool = False, progress: Optional[str] = None) -> Dict[str, Any]:
+        """The metrics of `split` (see the class docstring); `progress` names the loop in progress
+        log lines (every log_every_steps batches or 30 s), None for none."""
         totals = None
         scores = []
         dataset = self.strategy.experimental_distribute_dataset(eval_dataset(split, self.batch_size))
-        for batch in dataset:
+        batches = -(-len(split) // self.batch_size)
+        lines = ProgressLog(progress, batches, self.log_every_steps, logger=log) if progress else None
+        for done, batch in enumerate(dataset, 1):
             if keep_outputs:
                 sums, batch_scores = self._outputs_step(batch)
                 scores.append(batch_scores.numpy())
             else:
                 sums = self._step(batch)
             totals = sums if totals is None else {key: totals[key] + sums[key] for key in totals}
+            if lines:
+                lines.update(done, min(done * self.batch_size, len(split)), lambda sums=totals: _running(sums))
         totals = {key: value.numpy() for key, value in totals.items()}
         count = int(round(float(totals.pop("count"))))
         metrics = {key: float(value) / count for key, value in totals.items() if key.endswith("loss")}

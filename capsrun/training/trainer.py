@@ -13,7 +13,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import keras
 import tensorflow as tf
@@ -30,6 +30,7 @@ from capsrun.training.checkpoints import RunCheckpoints, TrainingProgress, lates
 from capsrun.training.distribute import check_batch_size, is_chief, make_strategy, setup_devices, use_jit
 from capsrun.training.evaluator import Evaluator
 from capsrun.training.history import RunHistory
+from capsrun.training.progress import ProgressLog
 from capsrun.training.run_folder import TENSORBOARD, PathLike, check_writable
 from capsrun.training.signals import StopRequested
 from capsrun.training.steps import SumMeter, batch_sums
@@ -79,7 +80,7 @@ class Trainer:
         self.checkpoints = RunCheckpoints(
             run_dir, self.model, self.optimizer, self.progress, cfg.trainer.keep_checkpoints)
         self.evaluator = Evaluator(self.model, strategy, cfg.trainer.eval_batch_size or cfg.batch_size,
-                                   jit_compile=jit)
+                                   jit_compile=jit, log_every_steps=cfg.trainer.log_every_steps)
         self.writer = tf.summary.create_file_writer(str(self.run_dir / TENSORBOARD))
         self.history = RunHistory(self.run_dir)
         replica_step = tf.function(self._replica_step, jit_compile=jit, reduce_retracing=True)
@@ -178,8 +179,8 @@ class Trainer:
         metrics = {"status": "running", "epochs_completed": self.epochs_done}
         with StopRequested() as stop:
             for epoch in range(self.epochs_done, self.cfg.epochs):
-                dataset, progress_bar = self.train_loop_begin(epoch)
-                epoch_metrics = self.train_loop(dataset, progress_bar, stop)
+                dataset, report = self.train_loop_begin(epoch)
+                epoch_metrics = self.train_loop(dataset, report, stop)
                 if stop.agreed:
                     self._interrupted(metrics, stop.signal_name or "a stop request from another worker")
                 metrics = self.train_loop_end(epoch, epoch_metrics)
@@ -191,20 +192,31 @@ class Trainer:
 
     def train_loop_begin(self, epoch: int) -> tuple:
         """(the distributed dataset of one epoch minus the batches a resumed run already did,
-        a progress bar or None)."""
+        a function `report(steps done in the epoch, SumMeter)` that shows the progress, or None)."""
         skip = int(self.progress.step_in_epoch.numpy())
         dataset = pipeline.train_dataset(
             self.splits.train, self.batch_size, self.cfg.seed, epoch, self.cfg.data.shift_pixels, skip
         )
-        show = self.cfg.trainer.progress_bar and sys.stdout.isatty()
-        progress_bar = keras.utils.Progbar(
-            self.steps_per_epoch, stateful_metrics=["loss", "accuracy", "img/s"], unit_name="step"
-        ) if show else None
-        if progress_bar and skip:
-            progress_bar.update(skip)
-        return self.strategy.experimental_distribute_dataset(dataset), progress_bar
+        return self.strategy.experimental_distribute_dataset(dataset), self._progress(epoch, skip)
 
-    def train_loop(self, dataset: Any, progress_bar: Optional[keras.utils.Progbar], stop: StopRequested) -> dict:
+    def _progress(self, epoch: int, skip: int) -> Optional[Callable[[int, SumMeter], None]]:
+        """A progress bar on a terminal (trainer.progress_bar), else log lines (SLURM, nohup)."""
+        if sys.stdout.isatty():
+            if not self.cfg.trainer.progress_bar:
+                return None
+            bar = keras.utils.Progbar(self.steps_per_epoch, stateful_metrics=["loss", "accuracy", "img/s"],
+                                      unit_name="step")
+            if skip:
+                bar.update(skip)
+            return lambda done, meter: bar.update(done, [
+                ("loss", meter.means()["loss"]), ("accuracy", meter.means()["accuracy"]),
+                ("img/s", meter.images_per_second())])
+        lines = ProgressLog(f"epoch {epoch + 1}/{self.cfg.epochs}", self.steps_per_epoch,
+                            self.cfg.trainer.log_every_steps, start=skip, logger=log)
+        return lambda done, meter: lines.update(done, meter.examples, {
+            key: value for key, value in meter.means().items() if key in ("loss", "accuracy")})
+
+    def train_loop(self, dataset: Any, report: Optional[Callable[[int, SumMeter], None]], stop: StopRequested) -> dict:
         """Runs the steps of one epoch; returns the epoch's training metrics (mean loss terms,
         accuracy, images_per_second, seconds)."""
         epoch, interval = SumMeter(), SumMeter()
@@ -221,10 +233,8 @@ class Trainer:
             if step % self.cfg.trainer.log_every_steps == 0:
                 self._log_train(step, interval)
                 interval.reset()
-            if progress_bar:
-                means = epoch.means()
-                progress_bar.update(int(self.progress.step_in_epoch.numpy()), [
-                    ("loss", means["loss"]), ("accuracy", means["accuracy"]), ("img/s", epoch.images_per_second())])
+            if report:
+                report(int(self.progress.step_in_epoch.numpy()), epoch)
             every = self.cfg.trainer.checkpoint_every_steps
             if every and step % every == 0:
                 self.checkpoints.save_last(step)
@@ -245,7 +255,8 @@ class Trainer:
     def train_loop_end(self, epoch: int, train_metrics: dict) -> dict:
         """Validation, summaries, checkpoints and metrics.json after an epoch; returns metrics."""
         step = self.global_step
-        val = self.evaluator.run(self.splits.val) if len(self.splits.val) else None
+        val = self.evaluator.run(self.splits.val, progress=None if sys.stdout.isatty() else "validation") \
+            if len(self.splits.val) else None
         self.progress.epoch.assign(epoch + 1)
         self.progress.step_in_epoch.assign(0)
         if val is not None:
