@@ -3,9 +3,11 @@ config with overrides, and checking every job of a `capsrun train` command line 
 
 Every failure is a CapsrunError with one line: the problem and, where possible, the fix.
 """
+import difflib
 import itertools
+import re
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
@@ -83,6 +85,25 @@ def plugin_hint(message: str) -> str:
     return message
 
 
+MISSING_OPTION = re.compile(r"Could not find '([\w/]+)/([^']+)'")
+"""Hydra's message for a config-group option that does not exist (`experiment=smok`)."""
+
+
+def missing_option_hint(message: str) -> Optional[str]:
+    """For Hydra's "Could not find 'GROUP/NAME'" about one of capsrun's config groups: the
+    options of the group and the closest one (Hydra's list spans several lines, which the
+    one-line error would cut); None for any other message."""
+    match = MISSING_OPTION.search(message)
+    folder = Path(config_dir()) / match.group(1) if match else None
+    if folder is None or not folder.is_dir():
+        return None
+    group, name = match.groups()
+    options = sorted(path.stem for path in folder.glob("*.yaml"))
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    hint = f"; did you mean '{group}={close[0]}'?" if close else ""
+    return f"invalid config: there is no {group} '{name}' (conf/{group}/); choose one of {', '.join(options)}{hint}"
+
+
 def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
     """Composes `conf/<config_name>.yaml` with overrides through Hydra's compose API."""
     register_configs()
@@ -90,7 +111,8 @@ def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
         with initialize_config_dir(config_dir=config_dir(), version_base="1.3", job_name="capsrun"):
             return hydra_compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException, ValueError) as error:
-        raise CapsrunError(plugin_hint(f"invalid config: {one_line(error)}")) from None
+        message = missing_option_hint(str(error)) or plugin_hint(f"invalid config: {one_line(error)}")
+        raise CapsrunError(message) from None
 
 
 def parse_overrides(overrides: Sequence[str]) -> List[Override]:
