@@ -54,7 +54,7 @@ BAD_INPUTS = [
     (["data.path=/no/such/folder"], "data.path /no/such/folder does not exist"),
     (["epochs=abc"], "could not be converted to Integer"),
     (["model.routing_iteration=2"], "did you mean 'model.routing_iterations'"),
-    (["experiment=nope"], "Could not find 'experiment/nope'"),
+    (["experiment=nope"], "there is no experiment 'nope' (conf/experiment/); choose one of affine_robustness,"),
     (["trainer.mixed_precision=fp8"], "trainer.mixed_precision must be one of"),
 ]
 
