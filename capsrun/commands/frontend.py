@@ -165,7 +165,7 @@ class _StderrHandler(logging.StreamHandler):
     """A handler writing to whatever sys.stderr is when a message is logged."""
 
     @property
-    def stream(self):  # noqa: D401 - logging.StreamHandler's attribute
+    def stream(self) -> object:
         return sys.stderr
 
     @stream.setter

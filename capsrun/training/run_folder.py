@@ -20,7 +20,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from capsrun.atomic import unwritable_reason
+from capsrun.atomic import PathLike, unwritable_reason
 from capsrun.errors import CapsrunError
 
 RUN_CONFIG = Path(".hydra") / "config.yaml"
@@ -30,9 +30,6 @@ CHECKPOINT_KINDS = ("last", "best")
 TENSORBOARD = "tensorboard"
 METRICS = "metrics.json"
 EVAL = "eval.json"
-
-PathLike = Union[str, Path]
-
 
 def is_run(folder: PathLike) -> bool:
     """True when `folder` is a run folder (it holds the run's resolved config)."""

@@ -58,6 +58,12 @@ def make_optimizer(opt_cfg: Any, steps_per_epoch: int, mixed_precision: str) -> 
     return optimizer
 
 
+def _loss_and_accuracy(meter: SumMeter) -> Dict[str, float]:
+    """The running mean loss and accuracy of a meter, for progress output."""
+    means = meter.means()
+    return {"loss": means["loss"], "accuracy": means["accuracy"]}
+
+
 class Trainer:
     """Runs the epochs of one run in `run_dir`; `fit()` returns the final metrics dict.
 
@@ -209,12 +215,11 @@ class Trainer:
             if skip:
                 bar.update(skip)
             return lambda done, meter: bar.update(done, [
-                ("loss", meter.means()["loss"]), ("accuracy", meter.means()["accuracy"]),
-                ("img/s", meter.images_per_second())])
+                *_loss_and_accuracy(meter).items(), ("img/s", meter.images_per_second())])
         lines = ProgressLog(f"epoch {epoch + 1}/{self.cfg.epochs}", self.steps_per_epoch,
                             self.cfg.trainer.log_every_steps, start=skip, logger=log)
-        return lambda done, meter: lines.update(done, meter.examples, {
-            key: value for key, value in meter.means().items() if key in ("loss", "accuracy")})
+        # the means are computed only when a line is due, not on every step
+        return lambda done, meter: lines.update(done, meter.examples, lambda: _loss_and_accuracy(meter))
 
     def train_loop(self, dataset: Any, report: Optional[Callable[[int, SumMeter], None]], stop: StopRequested) -> dict:
         """Runs the steps of one epoch; returns the epoch's training metrics (mean loss terms,
