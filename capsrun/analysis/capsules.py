@@ -12,6 +12,7 @@ import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
 from capsrun.analysis import figures
+from capsrun.analysis.metrics import mean_image_error
 from capsrun.data.pipeline import to_unit_range
 from capsrun.errors import CapsrunError
 from capsrun.models.base import RECONSTRUCTIONS, SCORES, CapsuleModel
@@ -82,6 +83,24 @@ def single_digit_figures(restored: RestoredRun, cfg: DictConfig, deltas: np.ndar
     pngs["capsule_lengths.png"] = figures.to_png(figures.capsule_lengths_figure(
         chosen, lengths, test.labels[indices], indices, restored.cfg.loss.m_plus, restored.cfg.loss.m_minus), cfg.dpi)
     return pngs
+
+
+RECONSTRUCTION_CHECK_IMAGES = 256
+"""Test digits behind visualize's reconstruction check: one forward pass (about a second for the
+CapsNet on 2 CPU cores), and enough digits that the verdict does not hinge on a few of them."""
+
+
+def reconstruction_check(restored: RestoredRun, count: int = RECONSTRUCTION_CHECK_IMAGES) -> tuple:
+    """(reconstruction error, mean-digit error) of the first `count` test digits, each the mean
+    squared error per pixel: the decoder's reconstructions from the predicted capsule against
+    predicting the mean training digit for all of them (`capsrun.analysis.metrics.mean_image_error`).
+    A first error not below the second means the decoder has learned nothing about the digits."""
+    test = restored.splits.test
+    raw = test.images[:count]
+    images = to_unit_range(raw)
+    outputs = restored.model(images, training=False)
+    error = float(tf.reduce_mean(tf.square(tf.cast(outputs[RECONSTRUCTIONS], tf.float32) - images)))
+    return error, mean_image_error(restored.splits.train.images, raw)
 
 
 def separate_reconstructions(model: CapsuleModel, images: np.ndarray) -> tuple:

@@ -14,7 +14,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from capsrun.analysis import figures
-from capsrun.analysis.metrics import correct_mask, predictions_csv, set_report
+from capsrun.analysis.metrics import correct_mask, mean_image_error, predictions_csv, set_report
 from capsrun.atomic import write_bytes_atomic, write_json_atomic
 from capsrun.models.base import SCORES
 from capsrun.training.distribute import check_batch_size, make_strategy, setup_devices, use_jit
@@ -49,6 +49,8 @@ def evaluate_run(run_dir: Path, cfg: DictConfig, strategy: Any, devices: Dict[st
         metrics = evaluator.run(split, keep_outputs=True,
                                 progress=None if sys.stderr.isatty() else f"capsrun eval: {name} set")
         reports[name] = set_report(metrics, split.labels)
+        if reports[name]["reconstruction_error"] is not None and splits.num_targets == 1:
+            reports[name]["mean_digit_error"] = mean_image_error(splits.train.images, split.images)
         sets[name] = {"labels": split.labels, SCORES: metrics[SCORES], "predictions": metrics["predictions"],
                       "images": split.images}
     report = {
@@ -119,6 +121,8 @@ def write_outputs(report: dict, sets: dict, cfg: DictConfig) -> List[str]:
                         numbers["test_error_percent"], f"{tag}/loss": numbers["loss"]})
         if numbers["reconstruction_error"] is not None:
             scalars[f"{tag}/reconstruction_error"] = numbers["reconstruction_error"]
+        if "mean_digit_error" in numbers:
+            scalars[f"{tag}/mean_digit_error"] = numbers["mean_digit_error"]
         scalars.update({f"{tag}/per_class_accuracy/{k}": value
                         for k, value in enumerate(numbers["per_class_accuracy"]) if value is not None})
     write_json_atomic(run_dir / EVAL, report)

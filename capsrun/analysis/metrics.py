@@ -44,6 +44,31 @@ def per_class_recall(labels: np.ndarray, predictions: np.ndarray, num_classes: i
             [None if count == 0 else float(hit) / float(count) for hit, count in zip(hits, counts, strict=True)])
 
 
+def mean_image_error(train_images: np.ndarray, images: np.ndarray, chunk: int = 2048) -> float:
+    """Mean squared error per pixel of predicting the mean training image for every image.
+
+    train_images uint8 [N_train, H, W, C], images uint8 [N, H, W, C] -> float (pixels in [0, 1]).
+    The mean image is the best constant answer under squared error, and what a decoder that
+    ignores its capsules learns first, so it is the bar a reconstruction must clear. Chunked so
+    that a large test set never needs float64 copies of all its pixels.
+    """
+    mean = train_images.mean(axis=0, dtype=np.float64) / 255.0                     # [H, W, C]
+    total = 0.0
+    for start in range(0, len(images), chunk):
+        total += float(np.sum(np.square(images[start:start + chunk] / 255.0 - mean)))
+    return total / max(images.size, 1)
+
+
+def reconstruction_line(report: Mapping[str, Any]) -> str:
+    """The summary's reconstruction line: the error, and the mean-digit bar when it is known."""
+    error = report["reconstruction_error"]
+    if error is None:
+        return "  reconstruction error  n/a (the model has no decoder)"
+    bar = report.get("mean_digit_error")
+    versus = "" if bar is None else f"; predicting the mean training digit: {bar:.5f}"
+    return f"  reconstruction error  {error:.5f} (mean squared error per pixel{versus})"
+
+
 def set_report(metrics: Mapping[str, Any], labels: np.ndarray) -> Dict[str, Any]:
     """eval.json's numbers for one test set: Evaluator metrics (with kept outputs) and its labels
     int [N] or [N, K]. The confusion matrix only for one label per image."""
@@ -104,8 +129,7 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"{digits} longest capsules)",
         f"  test accuracy         {report['test_accuracy']:.2%} (error {report['test_error_percent']:.2f}%, "
         f"{report['num_misclassified']:,} misclassified)",
-        f"  reconstruction error  {report['reconstruction_error']:.5f} (mean squared error per pixel)"
-        if report["reconstruction_error"] is not None else "  reconstruction error  n/a (the model has no decoder)",
+        reconstruction_line(report),
         f"  per-class accuracy    {per_class}" if digits == 1 else f"  per-digit recall      {per_class}",
     ]
     for name, numbers in report["extra_tests"].items():

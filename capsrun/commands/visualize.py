@@ -12,6 +12,7 @@ multimnist_reconstructions.png  Figure 5 of the paper: each test image above its
 capsule_lengths.png  the J capsule lengths of the chosen images (the two longest win)
 The same figures go to the run's TensorBoard under visualize/.
 """
+import sys
 from pathlib import Path
 from typing import List
 
@@ -62,6 +63,11 @@ def visualize_command(args: List[str]) -> int:
                            "inside; capsrun visualize needs a CapsNet run")
     if restored.splits.num_targets == 1:
         pngs = capsules.single_digit_figures(restored, cfg, deltas)
+        error, bar = capsules.reconstruction_check(restored)
+        if error >= bar:
+            print(f"capsrun visualize: warning: the reconstructions are no better than the mean training digit "
+                  f"(mean squared error {error:.4f} vs {bar:.4f}): the decoder is barely trained, so the figures "
+                  "show blobs; train longer (more epochs or data.train_size)", file=sys.stderr)
     else:
         pngs = capsules.multi_digit_figures(restored, cfg)
     for name, png in pngs.items():

@@ -21,3 +21,31 @@ def test_perturbation_grid_regenerates_the_winning_capsule():
     for dim in (0, 15):
         np.testing.assert_allclose(grids[:, dim, 5], plain, atol=1e-6)  # a zero shift changes nothing
     assert np.abs(grids[:, :, 0] - grids[:, :, -1]).max() > 1e-4
+
+
+@pytest.mark.parametrize("decoder, verdict", [("copies", "better"), ("mean", "no better")])
+def test_reconstruction_check_measures_against_the_mean_training_digit(decoder, verdict):
+    """A decoder that copies its input beats the mean digit; one that draws the mean digit ties."""
+    from types import SimpleNamespace
+
+    import tensorflow as tf
+
+    from capsrun.analysis.capsules import reconstruction_check
+    from capsrun.models.base import RECONSTRUCTIONS
+
+    rng = np.random.default_rng(0)
+    train, test = (rng.integers(0, 256, size=(n, 28, 28, 1), dtype=np.uint8) for n in (50, 300))
+    mean = tf.constant(train.mean(axis=0) / 255.0, tf.float32)
+
+    def model(images, training=False):
+        drawn = images if decoder == "copies" else tf.broadcast_to(mean, tf.shape(images))
+        return {RECONSTRUCTIONS: drawn}
+
+    restored = SimpleNamespace(model=model, splits=SimpleNamespace(train=SimpleNamespace(images=train),
+                                                                   test=SimpleNamespace(images=test)))
+    error, bar = reconstruction_check(restored, count=256)
+    assert bar == pytest.approx(np.mean((test[:256] / 255.0 - train.mean(axis=0) / 255.0) ** 2), rel=1e-6)
+    if verdict == "better":
+        assert error == pytest.approx(0.0, abs=1e-7) and error < bar
+    else:
+        assert error == pytest.approx(bar, rel=1e-5)

@@ -25,3 +25,26 @@ def test_ensemble_of_two_digit_runs_with_an_extra_test_set():
     runs[1]["affine"]["labels"] = affine_labels[::-1]
     with pytest.raises(CapsrunError, match="other affine images than run0"):
         ensemble(reports, runs)
+
+
+def test_mean_image_error_is_the_error_of_the_mean_training_image():
+    from capsrun.analysis.metrics import mean_image_error
+
+    train = np.zeros((4, 2, 2, 1), np.uint8)
+    train[:2] = 255                                   # the mean training image is 0.5 everywhere
+    test = np.zeros((5, 2, 2, 1), np.uint8)
+    test[0, 0, 0, 0] = 255                            # one pixel at 1.0: error 0.25 like the zeros
+    assert mean_image_error(train, test) == pytest.approx(0.25)
+    rng = np.random.default_rng(0)
+    train, test = (rng.integers(0, 256, size=(n, 3, 3, 1), dtype=np.uint8) for n in (7, 11))
+    expected = np.mean((test / 255.0 - train.mean(axis=0) / 255.0) ** 2)
+    assert mean_image_error(train, test, chunk=3) == pytest.approx(expected, rel=1e-12)  # chunks add up
+
+
+def test_summary_puts_the_reconstruction_error_next_to_the_mean_digit():
+    from capsrun.analysis.metrics import reconstruction_line
+
+    line = reconstruction_line({"reconstruction_error": 0.0312, "mean_digit_error": 0.1012})
+    assert line.strip() == ("reconstruction error  0.03120 (mean squared error per pixel; predicting the mean "
+                            "training digit: 0.10120)")
+    assert "n/a" in reconstruction_line({"reconstruction_error": None})
