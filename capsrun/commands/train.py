@@ -7,14 +7,14 @@ TrainingDiverged 4.
 """
 import os
 import sys
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from capsrun.commands.frontend import exit_code
-from capsrun.config.compose import check_train_overrides, config_dir, register_configs
+from capsrun.commands.frontend import exit_code, train_help
+from capsrun.config.compose import check_train_overrides, config_dir, register_configs, user_config_dir
 from capsrun.config.schema import Config
 from capsrun.errors import CapsrunError, TrainingDiverged, TrainingInterrupted
 from capsrun.training.run_folder import load_run_config, load_run_overrides
@@ -26,10 +26,12 @@ FLAG_VALUES = {flag: None for flag in ("--cfg", "-c", "--package", "-p", "--conf
 FLAG_VALUES.update({"--info": INFO_CHOICES, "-i": INFO_CHOICES})
 """Hydra flags that take a value (None: any value; else the value is optional, one of these)."""
 
-INFORMATIONAL = {"--help", "-h", "--cfg", "-c", "--info", "--hydra-help", "--shell-completion", "-sc"}
-"""Hydra flags that print and exit: the overrides are not checked, nothing runs."""
+INFORMATIONAL = {"--cfg", "-c", "--info", "--hydra-help", "--shell-completion", "-sc"}
+"""Hydra flags that print and exit: the overrides are not checked, nothing runs. (`-h`/`--help`
+print capsrun's own help; Hydra's is `--hydra-help`.)"""
 
-HYDRA_FLAGS = {*FLAG_VALUES, *INFORMATIONAL, "-m", "--multirun", "--resolve", "-r", "--run", "--version"}
+HYDRA_FLAGS = {*FLAG_VALUES, *INFORMATIONAL, "-h", "--help", "-m", "--multirun", "--resolve", "-r", "--run",
+               "--version"}
 """Every flag Hydra's command line knows; anything else starting with - is a mistake."""
 
 
@@ -41,6 +43,8 @@ def split_args(args: Sequence[str]) -> Tuple[List[str], List[str]]:
         arg = args[index]
         if not arg.startswith("-"):
             overrides.append(arg)
+        elif "=" in arg and arg.split("=", 1)[0] in FLAG_VALUES:  # --config-dir=DIR
+            flags.extend(arg.split("=", 1))
         else:
             flags.append(arg)
             choices = FLAG_VALUES.get(arg, ())
@@ -111,6 +115,37 @@ def train_job(cfg: DictConfig) -> float:
     return metrics.get("best_val_accuracy")
 
 
+def config_sources(flags: Sequence[str]) -> Tuple[Optional[str], str, List[str]]:
+    """(the user's config folder of `-cd DIR` / `--config-dir DIR` or None, the primary config's
+    name of `-cn NAME` / `--config-name NAME` (default `config`), the other flags)."""
+    user_dir, name, rest, index = None, "config", [], 0
+    while index < len(flags):
+        flag = flags[index]
+        if flag in ("-cp", "--config-path"):
+            raise CapsrunError(f"{flag} would replace capsrun's own configs; use -cd DIR: DIR's files (config.yaml, "
+                               "experiment/NAME.yaml, ...) take priority, capsrun's fill in the rest")
+        if flag in ("-cd", "--config-dir", "-cn", "--config-name"):
+            if index + 1 >= len(flags) or flags[index + 1].startswith("-"):
+                raise CapsrunError(f"{flag} needs a value, e.g. {flag} {'MYCONF' if 'd' in flag else 'NAME'}")
+            value = flags[index + 1]
+            if flag in ("-cd", "--config-dir"):
+                user_dir = user_config_dir(value)
+            else:
+                name = value
+            index += 2
+            continue
+        rest.append(flag)
+        index += 1
+    return user_dir, name, rest
+
+
+def hydra_flags(user_dir: Optional[str], name: str, flags: Sequence[str]) -> List[str]:
+    """The flags Hydra gets: a user folder becomes the primary config folder (`--config-path`),
+    capsrun's conf/ the folder after it (`--config-dir`); the same order `compose` uses."""
+    sources = ["--config-path", user_dir, "--config-dir", config_dir()] if user_dir else []
+    return [*sources, "--config-name", name, *flags]
+
+
 def run_hydra(argv: Sequence[str]) -> int:
     """Runs the Hydra app of `capsrun train` with `argv` as its command line."""
     register_configs()
@@ -122,6 +157,15 @@ def run_hydra(argv: Sequence[str]) -> int:
     finally:
         sys.argv = saved_argv
     return 0
+
+
+def check_train_args(args: Sequence[str]) -> List[DictConfig]:
+    """The composed, validated config of every job of `capsrun train ARGS` (flags and overrides;
+    used by `capsrun launch` too)."""
+    flags, overrides = split_args(args)
+    check_flags(flags)
+    user_dir, name, _ = config_sources(flags)
+    return check_train_overrides(overrides, user_dir, name)
 
 
 def check_flags(flags: Sequence[str]) -> None:
@@ -136,10 +180,14 @@ def check_flags(flags: Sequence[str]) -> None:
 def train_command(args: List[str]) -> int:
     flags, overrides = split_args(args)
     check_flags(flags)
+    user_dir, name, rest = config_sources(flags)
+    if "-h" in rest or "--help" in rest:
+        print(train_help(user_dir))
+        return 0
     overrides = resume_overrides(overrides)
-    if not INFORMATIONAL.intersection(flags):
+    if not INFORMATIONAL.intersection(rest):
         check_output_location(overrides)
-        configs = check_train_overrides(overrides)
+        configs = check_train_overrides(overrides, user_dir, name)
         if any(o.startswith("resume=") for o in overrides):
             check_resumable(configs[0])
-    return run_hydra(flags + overrides)
+    return run_hydra(hydra_flags(user_dir, name, rest) + overrides)
