@@ -17,7 +17,7 @@ from capsrun.commands.frontend import exit_code, train_help
 from capsrun.config.compose import check_train_overrides, config_dir, register_configs, user_config_dir
 from capsrun.config.schema import Config
 from capsrun.errors import CapsrunError, TrainingDiverged, TrainingInterrupted
-from capsrun.training.run_folder import load_run_config, load_run_overrides
+from capsrun.training.run_folder import load_run_config, load_run_config_sources, load_run_overrides
 from capsrun.training.sweeps import end_job, start_job
 
 INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
@@ -177,6 +177,23 @@ def check_flags(flags: Sequence[str]) -> None:
                                "capsrun train --help lists them")
 
 
+def resume_sources(overrides: Sequence[str], user_dir: Optional[str]) -> Tuple[List[str], Optional[str]]:
+    """A resumed run reads its configs from where it was trained: its own -cd folder and
+    hydra.searchpath, unless the command line gives them again."""
+    resume = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
+    if not resume:
+        return list(overrides), user_dir
+    main, searchpath = load_run_config_sources(resume[-1])
+    if user_dir is None and main is not None and os.path.abspath(main) != os.path.abspath(config_dir()):
+        if not os.path.isdir(main):
+            raise CapsrunError(f"{resume[-1]} was trained with the configs of {main}, which no longer exists; "
+                               "pass that config folder again with -cd DIR")
+        user_dir = main
+    if not any(o.startswith("hydra.searchpath=") for o in overrides):
+        overrides = [*searchpath, *overrides]
+    return list(overrides), user_dir
+
+
 def train_command(args: List[str]) -> int:
     flags, overrides = split_args(args)
     check_flags(flags)
@@ -184,7 +201,9 @@ def train_command(args: List[str]) -> int:
     if "-h" in rest or "--help" in rest:
         print(train_help(user_dir))
         return 0
-    overrides = resume_overrides(overrides)
+    if {"-m", "--multirun"} & set(rest) and INFORMATIONAL & set(rest):
+        raise CapsrunError("--cfg and --info show one job; drop -m (e.g. capsrun train KEY=VALUE --cfg job)")
+    overrides, user_dir = resume_sources(resume_overrides(overrides), user_dir)
     if not INFORMATIONAL.intersection(rest):
         check_output_location(overrides)
         configs = check_train_overrides(overrides, user_dir, name)

@@ -234,6 +234,8 @@ def test_no_tensorflow_start_up_lines_unless_verbose(tmp_path):
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert tensorflow_banner(trained.stderr) == [], trained.stderr
     assert yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())["seed"] == 7
+    resumed = composed(run_cli("train", f"resume={run_dir}", "epochs=2", "--cfg", "job"))  # no -cd: the run's own
+    assert (resumed["seed"], resumed["epochs"], resumed["data"]["train_size"]) == (7, 2, 64)
     log = (run_dir / "train.log").read_text()
     assert re.search(r"epoch 1/1: loss [\d.]+, train accuracy \d+\.\d\d%, val accuracy \d+\.\d\d%", log), log
     assert re.search(r"done: best validation accuracy \d+\.\d\d%", log), log
