@@ -4,6 +4,7 @@ Every command checks its config before anything is written; bad input ends with 
 stderr and exit code 2, never a traceback (capsrun.commands.frontend).
 """
 import importlib
+import os
 import sys
 from typing import List, Optional
 
@@ -11,7 +12,7 @@ from capsrun import __version__
 from capsrun.commands import COMMANDS
 from capsrun.commands.frontend import log_progress_to_stderr, run
 from capsrun.errors import EXIT_USAGE
-from capsrun.logs import quiet_tensorflow
+from capsrun.logs import VERBOSE_ENV, quiet_tensorflow, verbose_requested
 
 USAGE = """usage: capsrun <command> [key=value ...]
 
@@ -25,7 +26,8 @@ commands:
   bench   train/eval speed on this machine vs a plain reference CapsNet and the conv-only bound
   report  table, CSV and plot of a sweep: mean +- std test error per setting over seeds (sweep_dir=PATH)
 
-`capsrun <command> --help` lists a command's settings; `capsrun --version` prints the version.
+`capsrun <command> --help` lists a command's settings; `capsrun --version` prints the version;
+`capsrun --verbose <command> ...` (or CAPSRUN_VERBOSE=1) also shows TensorFlow's start-up lines.
 
 examples:
   capsrun train epochs=50
@@ -36,6 +38,9 @@ examples:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the `capsrun` console script; returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" in argv:  # anywhere: no command takes an option of that name; children inherit it
+        argv = [arg for arg in argv if arg != "--verbose"]
+        os.environ[VERBOSE_ENV] = "1"
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else EXIT_USAGE
@@ -47,7 +52,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"capsrun: error: unknown command '{command}'; choose one of: {', '.join(COMMANDS)} "
               "(see capsrun --help)", file=sys.stderr)
         return EXIT_USAGE
-    quiet_tensorflow()
+    quiet_tensorflow(verbose=verbose_requested())
     if command != "train":  # train's logging is Hydra's (console and train.log)
         log_progress_to_stderr()
     module, function = COMMANDS[command]

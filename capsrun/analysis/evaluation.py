@@ -17,6 +17,7 @@ from capsrun.analysis import figures
 from capsrun.analysis.metrics import correct_mask, mean_image_error, predictions_csv, set_report
 from capsrun.atomic import write_bytes_atomic, write_json_atomic
 from capsrun.models.base import SCORES
+from capsrun.numbers import percent, percent_points
 from capsrun.training.distribute import check_batch_size, make_strategy, setup_devices, use_jit
 from capsrun.training.evaluator import Evaluator
 from capsrun.training.restore import load_config, restore_run
@@ -89,7 +90,8 @@ def make_figures(numbers: dict, outputs: Dict[str, np.ndarray], name: str, title
     if "confusion_matrix" in numbers:
         confusion_title = (f"{title}: {numbers['num_examples'] - numbers['num_misclassified']:,} of "
                            f"{numbers['num_examples']:,} {what} correct\n(accuracy "
-                           f"{numbers['test_accuracy']:.2%}, error {numbers['test_error_percent']:.2f}%)")
+                           f"{percent(numbers['test_accuracy'])}, "
+                           f"error {percent_points(numbers['test_error_percent'])})")
         pngs["confusion_matrix"] = figures.to_png(
             figures.confusion_matrix_figure(np.asarray(numbers["confusion_matrix"]), confusion_title), cfg.dpi)
     labels, predictions = outputs["labels"], outputs["predictions"]

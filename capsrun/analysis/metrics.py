@@ -14,6 +14,7 @@ import numpy as np
 
 from capsrun.errors import CapsrunError
 from capsrun.models.base import SCORES
+from capsrun.numbers import percent, percent_points
 
 
 def top_classes(scores: np.ndarray, num_targets: int) -> np.ndarray:
@@ -119,7 +120,7 @@ def format_report(report: Mapping[str, Any]) -> str:
     """The human-readable summary of one run printed on stdout: the test split in full, then one
     line per extra test set."""
     digits = report["digits_per_image"]
-    per_class = "  ".join(f"{k}: {'n/a' if v is None else f'{v:.1%}'}"
+    per_class = "  ".join(f"{k}: {percent(v)}"
                           for k, v in enumerate(report["per_class_accuracy"]))
     lines = [
         f"run {report['run_dir']}",
@@ -127,14 +128,15 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"  test digits           {report['num_examples']:,}" if digits == 1 else
         f"  test images           {report['num_examples']:,} ({digits} digits each; correct = both are the "
         f"{digits} longest capsules)",
-        f"  test accuracy         {report['test_accuracy']:.2%} (error {report['test_error_percent']:.2f}%, "
+        f"  test accuracy         {percent(report['test_accuracy'])} "
+        f"(error {percent_points(report['test_error_percent'])}, "
         f"{report['num_misclassified']:,} misclassified)",
         reconstruction_line(report),
         f"  per-class accuracy    {per_class}" if digits == 1 else f"  per-digit recall      {per_class}",
     ]
     for name, numbers in report["extra_tests"].items():
-        lines.append(f"  {name + ' test set':<22}accuracy {numbers['test_accuracy']:.2%} (error "
-                     f"{numbers['test_error_percent']:.2f}%, {numbers['num_misclassified']:,} of "
+        lines.append(f"  {name + ' test set':<22}accuracy {percent(numbers['test_accuracy'])} (error "
+                     f"{percent_points(numbers['test_error_percent'])}, {numbers['num_misclassified']:,} of "
                      f"{numbers['num_examples']:,} misclassified)")
     if "confusion_matrix" in report:
         confusion = np.asarray(report["confusion_matrix"])

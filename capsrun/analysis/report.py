@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from capsrun.config.keys import flatten_dict
 from capsrun.errors import CapsrunError
+from capsrun.numbers import PERCENT_DECIMALS, percent, percent_points
 from capsrun.training.run_folder import EVAL, METRICS, RUN_CONFIG
 
 log = logging.getLogger(__name__)
@@ -141,11 +142,13 @@ def summarise(jobs: Sequence[Job], keys: Sequence[str]) -> List[dict]:
     return sorted(rows, key=lambda row: [_sort_value(row["values"][key]) for key in keys])
 
 
-def _pm(stats: tuple, decimals: int) -> str:
+def _pm(stats: tuple) -> str:
+    """A mean ± std of percentages for a column headed %: the mean as everywhere, the std one
+    decimal finer (the paper's Table 1: 0.25 ± 0.005)."""
     mean, std = stats
     if mean is None:
         return "n/a"
-    return f"{mean:.{decimals}f}" + ("" if std is None else f" ± {std:.{decimals + 1}f}")
+    return percent_points(mean, sign=False) + ("" if std is None else f" ± {std:.{PERCENT_DECIMALS + 1}f}")
 
 
 def extra_test_names(rows: Sequence[dict]) -> List[str]:
@@ -160,9 +163,9 @@ def markdown_table(rows: Sequence[dict]) -> str:
     for row in rows:
         n = f"{row['n_runs']}" + ("" if row["n_evaluated"] == row["n_runs"] else f" ({row['n_evaluated']} evaluated)")
         speed = "n/a" if row["images_per_second"] is None else f"{row['images_per_second']:.0f}"
-        extra = "".join(f"{_pm(row['extra_test_errors'].get(name, (None, None)), 2)} | " for name in extras)
-        lines.append(f"| {row['setting']} | {n} | {_pm(row['test_error'], 2)} | {extra}"
-                     f"{_pm(row['best_val_accuracy'], 2)} | {speed} |")
+        extra = "".join(f"{_pm(row['extra_test_errors'].get(name, (None, None)))} | " for name in extras)
+        lines.append(f"| {row['setting']} | {n} | {_pm(row['test_error'])} | {extra}"
+                     f"{_pm(row['best_val_accuracy'])} | {speed} |")
     return "\n".join(lines)
 
 
@@ -185,8 +188,8 @@ def markdown_report(sweep: Path, jobs: Sequence[Job], keys: Sequence[str], rows:
     for job in jobs:
         error = job.evaluation.get("test_error_percent") if job.evaluation else None
         best, speed = job.metrics.get("best_val_accuracy"), job.metrics.get("images_per_second")
-        cells = [job.name, job.config.get("seed"), "n/a" if error is None else f"{error:.2f}",
-                 "n/a" if best is None else f"{100 * best:.2f}", "n/a" if speed is None else f"{speed:.0f}",
+        cells = [job.name, job.config.get("seed"), percent_points(error, sign=False),
+                 percent(best, sign=False), "n/a" if speed is None else f"{speed:.0f}",
                  job.evaluation.get("step", "n/a") if job.evaluation else "n/a"]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines) + "\n"

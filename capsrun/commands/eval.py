@@ -20,6 +20,7 @@ from capsrun.atomic import write_json_atomic
 from capsrun.commands.frontend import CommandSpec, check_dpi, check_output_folder, choice, command_config
 from capsrun.config.validation import test_size_setting
 from capsrun.errors import CapsrunError
+from capsrun.numbers import percent, percent_points
 from capsrun.training.run_folder import expand_run_dirs, is_run
 
 SPEC = CommandSpec("eval", "run_dir=PATH [key=value ...]",
@@ -85,13 +86,14 @@ def eval_command(args: List[str]) -> int:
                          for name, outputs in sets.items()})
     if len(runs) > 1:
         result = ensemble(reports, all_sets)
-        print(f"ensemble of {len(runs)} runs (mean capsule lengths): test accuracy {result['ensemble_accuracy']:.2%} "
-              f"(error {result['ensemble_error_percent']:.2f}%); members: "
-              + ", ".join(f"{value:.2%}" for value in result["member_accuracies"]))
+        print(f"ensemble of {len(runs)} runs (mean capsule lengths): "
+              f"test accuracy {percent(result['ensemble_accuracy'])} "
+              f"(error {percent_points(result['ensemble_error_percent'])}); members: "
+              + ", ".join(percent(value) for value in result["member_accuracies"]))
         for name, numbers in result["extra_tests"].items():
-            print(f"  {name} test set: ensemble accuracy {numbers['ensemble_accuracy']:.2%} (error "
-                  f"{numbers['ensemble_error_percent']:.2f}%); members: "
-                  + ", ".join(f"{value:.2%}" for value in numbers["member_accuracies"]))
+            print(f"  {name} test set: ensemble accuracy {percent(numbers['ensemble_accuracy'])} (error "
+                  f"{percent_points(numbers['ensemble_error_percent'])}); members: "
+                  + ", ".join(percent(value) for value in numbers["member_accuracies"]))
         if target is not None:
             write_json_atomic(target, result)
             print(f"  wrote {target}")

@@ -10,12 +10,12 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, FrozenSet, List, Optional, Sequence
+from typing import Callable, FrozenSet, List, Optional, Sequence, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
 from capsrun.atomic import unwritable_reason
-from capsrun.config.compose import compose, config_dir, register_configs
+from capsrun.config.compose import CONFIG_GROUPS, compose, config_dir, group_options, register_configs, user_config_dir
 from capsrun.config.keys import flat_keys, suggest_key
 from capsrun.config.schema import COMMAND_SCHEMAS
 from capsrun.errors import (
@@ -95,25 +95,119 @@ def quote_paths(args: Sequence[str], spec: CommandSpec) -> List[str]:
     return quoted
 
 
-def help_text(spec: CommandSpec) -> str:
-    """`capsrun <command> --help`: the synopsis, then the command's config file, whose comments
-    explain every key."""
-    return f"usage: capsrun {spec.name} {spec.usage}\n\n" + (Path(config_dir()) / f"{spec.name}.yaml").read_text()
+VERBOSE_HELP = "--verbose           TensorFlow's start-up lines too (hidden by default; or CAPSRUN_VERBOSE=1)"
+
+
+def help_text(spec: CommandSpec, user_dir: Optional[str] = None) -> str:
+    """`capsrun <command> --help`: the synopsis, the command's config file (the user's, with
+    -cd DIR holding one), whose comments explain every key, and the options."""
+    path = Path(user_dir or config_dir()) / f"{spec.name}.yaml"
+    text = (path if path.is_file() else Path(config_dir()) / f"{spec.name}.yaml").read_text()
+    options = f"""options:
+  -h, --help          this help
+  --cfg job           print the composed config (the file above with your key=value settings) and exit
+  -cd DIR             read DIR/{spec.name}.yaml instead of capsrun's if it exists (DIR's configs first,
+                      capsrun's for the rest; also --config-dir DIR)
+  {VERBOSE_HELP}"""
+    return f"usage: capsrun {spec.name} {spec.usage}\n\n{text.rstrip()}\n\n{options}"
+
+
+def train_help(user_dir: Optional[str] = None) -> str:
+    """`capsrun train --help`: the top-level keys, the config groups with their options, and
+    what -m, resume=, -cd, --cfg and --hydra-help do."""
+    folders = [Path(user_dir)] if user_dir else []
+    primary = Path(user_dir) / "config.yaml" if user_dir else None
+    primary = primary if primary is not None and primary.is_file() else Path(config_dir()) / "config.yaml"
+    text = primary.read_text()
+    keys = [f"  {line.rstrip()}" for line in text.split("\nhydra:")[0].splitlines()
+            if line and not line[0].isspace() and not line.startswith(("#", "defaults:", "hydra:"))]
+    defaults = {}
+    for item in OmegaConf.load(primary).get("defaults", []):
+        if isinstance(item, (dict, DictConfig)):
+            defaults.update({str(k): v for k, v in item.items()})
+    groups = []
+    for group in [*CONFIG_GROUPS, *(g for g in defaults if g not in CONFIG_GROUPS and "/" not in g)]:
+        options = group_options(group, folders)
+        if options:
+            chosen = defaults.get(group)
+            groups.append(f"  {group + '=':16}{', '.join(options)}  (default: {chosen or 'none'})")
+    return "\n".join([
+        "usage: capsrun train [-m] [-cd DIR] [key=value ...]",
+        "",
+        f"Trains a CapsNet in a new run folder (outputs/DATE/TIME). The config is {primary}",
+        "with its groups; every key=value overrides one key of it.",
+        "",
+        "main keys:",
+        *keys,
+        "",
+        "config groups (GROUP=OPTION picks conf/GROUP/OPTION.yaml; each key there is commented):",
+        *groups,
+        "  their keys:     data.*, model.*, loss.*, optimizer.*, trainer.* (e.g. model.routing_iterations=1;",
+        "                  every key is in docs/configuration.md)",
+        "",
+        "options:",
+        "  -m, --multirun      a sweep: one job per combination, e.g. -m model.routing_iterations=1,3 seed=0,1,2",
+        "                      (outputs/multirun/DATE/TIME/<overrides>/; every job is checked before the first)",
+        "  resume=RUN_DIR      continue that run from its last checkpoint, in its folder, with its overrides and",
+        "                      config folders (later ones apply on top, e.g. resume=RUN_DIR epochs=20)",
+        "  -cd DIR             your own config folder (also --config-dir DIR): DIR's files (experiment/NAME.yaml,",
+        "                      config.yaml, ...) take priority over capsrun's, which fill in the rest",
+        "  hydra.searchpath=[file://DIR]  more config folders, after capsrun's (Hydra's order; pkg://PACKAGE too)",
+        "  --cfg job           print the composed config with your overrides and exit (--cfg hydra: Hydra's part)",
+        "  --info searchpath   where configs are read from (--info: Hydra's whole view)",
+        "  --hydra-help        Hydra's own help (its flags, hydra.* settings and plugins)",
+        "  -h, --help          this help",
+        f"  {VERBOSE_HELP}",
+        "",
+        "examples:",
+        "  capsrun train experiment=smoke",
+        "  capsrun train epochs=50 model.routing_iterations=1",
+        "  capsrun train -m experiment=table1",
+        "  capsrun train -cd myconf experiment=mine --cfg job",
+        "  capsrun train resume=outputs/2026-11-28/10-00-00 epochs=20",
+    ])
+
+
+def command_flags(spec: CommandSpec, args: Sequence[str]) -> Tuple[dict, List[str]]:
+    """({'help': bool, 'cfg': bool, 'user_dir': folder or None}, the key=value settings) of the
+    arguments; options other than -h/--help, --cfg [job] and -cd/--config-dir DIR are refused."""
+    options: dict = {"help": False, "cfg": False, "user_dir": None}
+    settings, index = [], 0
+    while index < len(args):
+        arg = args[index]
+        name, _, attached = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if arg in ("-h", "--help"):
+            options["help"] = True
+        elif arg in ("--cfg", "-c"):
+            options["cfg"] = True
+            index += 1 if index + 1 < len(args) and args[index + 1] == "job" else 0
+        elif name in ("-cd", "--config-dir"):
+            if not attached and (index + 1 >= len(args) or args[index + 1].startswith("-")):
+                raise CapsrunError(f"{name} needs a folder: capsrun {spec.name} -cd MYCONF ...")
+            if not attached:
+                index += 1
+            options["user_dir"] = user_config_dir(attached or args[index])
+        elif arg.startswith("-"):
+            raise CapsrunError(f"unknown option {arg}; capsrun {spec.name} takes key=value settings "
+                               f"(capsrun {spec.name} --help lists them)")
+        else:
+            settings.append(arg)
+        index += 1
+    return options, settings
 
 
 def command_config(spec: CommandSpec, args: Sequence[str]) -> Optional[DictConfig]:
-    """The composed, typed config of `capsrun <spec.name> ARGS`, or None after printing --help.
+    """The composed, typed config of `capsrun <spec.name> ARGS`, or None after printing --help
+    (or the composed config, for --cfg job).
 
-    Options other than -h/--help are rejected; unknown keys name the closest valid key; a
-    required key that is missing says how to pass it.
+    Options other than -h/--help, --cfg and -cd DIR are rejected; unknown keys name the closest
+    valid key; a required key that is missing says how to pass it.
     """
     if any(arg in ("-h", "--help") for arg in args):
-        print(help_text(spec))
+        user_dirs = [args[i + 1] for i, arg in enumerate(args[:-1]) if arg in ("-cd", "--config-dir")]
+        print(help_text(spec, user_config_dir(user_dirs[-1]) if user_dirs else None))
         return None
-    flags = [arg for arg in args if arg.startswith("-")]
-    if flags:
-        raise CapsrunError(f"unknown option {flags[0]}; capsrun {spec.name} takes key=value settings "
-                           f"(capsrun {spec.name} --help lists them)")
+    options, args = command_flags(spec, args)
     register_configs()
     known = flat_keys(OmegaConf.structured(COMMAND_SCHEMAS[spec.name]))
     for arg in args:
@@ -123,7 +217,10 @@ def command_config(spec: CommandSpec, args: Sequence[str]) -> Optional[DictConfi
             raise CapsrunError(f"'{arg}' is not a key=value setting; capsrun {spec.name} --help lists the keys")
         if not key.startswith("hydra") and key not in known and key not in spec.groups:
             raise CapsrunError(suggest_key(key, known, spec.name))
-    cfg = compose(spec.name, quote_paths(args, spec))
+    cfg = compose(spec.name, quote_paths(args, spec), options["user_dir"])
+    if options["cfg"]:
+        print(OmegaConf.to_yaml(cfg), end="")
+        return None
     for key, how in spec.required:
         if OmegaConf.is_missing(cfg, key) or cfg[key] in (None, "", []):
             raise CapsrunError(f"{key} is required: capsrun {spec.name} {how}")

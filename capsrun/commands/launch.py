@@ -16,10 +16,10 @@ import threading
 import time
 from contextlib import ExitStack
 from datetime import datetime
-from typing import IO, List, Sequence, Tuple
+from typing import IO, List, Optional, Sequence, Tuple
 
 from capsrun.commands.frontend import CommandSpec, command_config, help_text
-from capsrun.config.compose import check_train_overrides
+from capsrun.commands.train import check_train_args
 from capsrun.errors import CapsrunError
 
 SPEC = CommandSpec("launch", "workers=N [host=H] -- train [overrides]")
@@ -28,13 +28,16 @@ GRACE_SECONDS = 15
 NON_CHIEF_OVERRIDES = ["hydra.output_subdir=null", "hydra/job_logging=stdout"]
 
 
-def parse_launch_args(args: Sequence[str]) -> Tuple[int, str, List[str]]:
-    """(workers, host, train overrides) from `workers=N [host=H] -- train ...`."""
+def parse_launch_args(args: Sequence[str]) -> Optional[Tuple[int, str, List[str]]]:
+    """(workers, host, train overrides) from `workers=N [host=H] -- train ...`; None after
+    `--cfg job` printed launch's own config."""
     args = list(args)
     if "--" not in args:
         raise CapsrunError("usage: capsrun launch workers=N -- train [overrides]; the `--` is missing")
     split = args.index("--")
     cfg = command_config(SPEC, args[:split])
+    if cfg is None:
+        return None
     command = args[split + 1:]
     if cfg.workers < 1:
         raise CapsrunError(f"workers must be a whole number >= 1, got '{cfg.workers}'")
@@ -101,8 +104,11 @@ def launch_command(args: List[str]) -> int:
     if any(arg in ("-h", "--help") for arg in options):
         print(help_text(SPEC))
         return 0
-    workers, host, overrides = parse_launch_args(args)
-    check_train_overrides(overrides)
+    parsed = parse_launch_args(args)
+    if parsed is None:
+        return 0
+    workers, host, overrides = parsed
+    check_train_args(overrides)  # every worker's config, with the flags of train (-cd DIR, ...)
     run_dir, commands = worker_commands(workers, host, overrides)
     lock = threading.Lock()
     processes, threads = [], []

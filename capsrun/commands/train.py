@@ -7,17 +7,17 @@ TrainingDiverged 4.
 """
 import os
 import sys
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from capsrun.commands.frontend import exit_code
-from capsrun.config.compose import check_train_overrides, config_dir, register_configs
+from capsrun.commands.frontend import exit_code, train_help
+from capsrun.config.compose import check_train_overrides, config_dir, register_configs, user_config_dir
 from capsrun.config.schema import Config
 from capsrun.errors import CapsrunError, TrainingDiverged, TrainingInterrupted
-from capsrun.training.run_folder import load_run_config, load_run_overrides
+from capsrun.training.run_folder import load_run_config, load_run_config_sources, load_run_overrides
 from capsrun.training.sweeps import end_job, start_job
 
 INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
@@ -26,10 +26,12 @@ FLAG_VALUES = {flag: None for flag in ("--cfg", "-c", "--package", "-p", "--conf
 FLAG_VALUES.update({"--info": INFO_CHOICES, "-i": INFO_CHOICES})
 """Hydra flags that take a value (None: any value; else the value is optional, one of these)."""
 
-INFORMATIONAL = {"--help", "-h", "--cfg", "-c", "--info", "--hydra-help", "--shell-completion", "-sc"}
-"""Hydra flags that print and exit: the overrides are not checked, nothing runs."""
+INFORMATIONAL = {"--cfg", "-c", "--info", "--hydra-help", "--shell-completion", "-sc"}
+"""Hydra flags that print and exit: the overrides are not checked, nothing runs. (`-h`/`--help`
+print capsrun's own help; Hydra's is `--hydra-help`.)"""
 
-HYDRA_FLAGS = {*FLAG_VALUES, *INFORMATIONAL, "-m", "--multirun", "--resolve", "-r", "--run", "--version"}
+HYDRA_FLAGS = {*FLAG_VALUES, *INFORMATIONAL, "-h", "--help", "-m", "--multirun", "--resolve", "-r", "--run",
+               "--version"}
 """Every flag Hydra's command line knows; anything else starting with - is a mistake."""
 
 
@@ -41,6 +43,8 @@ def split_args(args: Sequence[str]) -> Tuple[List[str], List[str]]:
         arg = args[index]
         if not arg.startswith("-"):
             overrides.append(arg)
+        elif "=" in arg and arg.split("=", 1)[0] in FLAG_VALUES:  # --config-dir=DIR
+            flags.extend(arg.split("=", 1))
         else:
             flags.append(arg)
             choices = FLAG_VALUES.get(arg, ())
@@ -111,6 +115,37 @@ def train_job(cfg: DictConfig) -> float:
     return metrics.get("best_val_accuracy")
 
 
+def config_sources(flags: Sequence[str]) -> Tuple[Optional[str], str, List[str]]:
+    """(the user's config folder of `-cd DIR` / `--config-dir DIR` or None, the primary config's
+    name of `-cn NAME` / `--config-name NAME` (default `config`), the other flags)."""
+    user_dir, name, rest, index = None, "config", [], 0
+    while index < len(flags):
+        flag = flags[index]
+        if flag in ("-cp", "--config-path"):
+            raise CapsrunError(f"{flag} would replace capsrun's own configs; use -cd DIR: DIR's files (config.yaml, "
+                               "experiment/NAME.yaml, ...) take priority, capsrun's fill in the rest")
+        if flag in ("-cd", "--config-dir", "-cn", "--config-name"):
+            if index + 1 >= len(flags) or flags[index + 1].startswith("-"):
+                raise CapsrunError(f"{flag} needs a value, e.g. {flag} {'MYCONF' if 'd' in flag else 'NAME'}")
+            value = flags[index + 1]
+            if flag in ("-cd", "--config-dir"):
+                user_dir = user_config_dir(value)
+            else:
+                name = value
+            index += 2
+            continue
+        rest.append(flag)
+        index += 1
+    return user_dir, name, rest
+
+
+def hydra_flags(user_dir: Optional[str], name: str, flags: Sequence[str]) -> List[str]:
+    """The flags Hydra gets: a user folder becomes the primary config folder (`--config-path`),
+    capsrun's conf/ the folder after it (`--config-dir`); the same order `compose` uses."""
+    sources = ["--config-path", user_dir, "--config-dir", config_dir()] if user_dir else []
+    return [*sources, "--config-name", name, *flags]
+
+
 def run_hydra(argv: Sequence[str]) -> int:
     """Runs the Hydra app of `capsrun train` with `argv` as its command line."""
     register_configs()
@@ -124,6 +159,15 @@ def run_hydra(argv: Sequence[str]) -> int:
     return 0
 
 
+def check_train_args(args: Sequence[str]) -> List[DictConfig]:
+    """The composed, validated config of every job of `capsrun train ARGS` (flags and overrides;
+    used by `capsrun launch` too)."""
+    flags, overrides = split_args(args)
+    check_flags(flags)
+    user_dir, name, _ = config_sources(flags)
+    return check_train_overrides(overrides, user_dir, name)
+
+
 def check_flags(flags: Sequence[str]) -> None:
     """`--epochs 3` is not a Hydra flag: capsrun takes `key=value` overrides."""
     for flag in flags:
@@ -133,13 +177,36 @@ def check_flags(flags: Sequence[str]) -> None:
                                "capsrun train --help lists them")
 
 
+def resume_sources(overrides: Sequence[str], user_dir: Optional[str]) -> Tuple[List[str], Optional[str]]:
+    """A resumed run reads its configs from where it was trained: its own -cd folder and
+    hydra.searchpath, unless the command line gives them again."""
+    resume = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
+    if not resume:
+        return list(overrides), user_dir
+    main, searchpath = load_run_config_sources(resume[-1])
+    if user_dir is None and main is not None and os.path.abspath(main) != os.path.abspath(config_dir()):
+        if not os.path.isdir(main):
+            raise CapsrunError(f"{resume[-1]} was trained with the configs of {main}, which no longer exists; "
+                               "pass that config folder again with -cd DIR")
+        user_dir = main
+    if not any(o.startswith("hydra.searchpath=") for o in overrides):
+        overrides = [*searchpath, *overrides]
+    return list(overrides), user_dir
+
+
 def train_command(args: List[str]) -> int:
     flags, overrides = split_args(args)
     check_flags(flags)
-    overrides = resume_overrides(overrides)
-    if not INFORMATIONAL.intersection(flags):
+    user_dir, name, rest = config_sources(flags)
+    if "-h" in rest or "--help" in rest:
+        print(train_help(user_dir))
+        return 0
+    if {"-m", "--multirun"} & set(rest) and INFORMATIONAL & set(rest):
+        raise CapsrunError("--cfg and --info show one job; drop -m (e.g. capsrun train KEY=VALUE --cfg job)")
+    overrides, user_dir = resume_sources(resume_overrides(overrides), user_dir)
+    if not INFORMATIONAL.intersection(rest):
         check_output_location(overrides)
-        configs = check_train_overrides(overrides)
+        configs = check_train_overrides(overrides, user_dir, name)
         if any(o.startswith("resume=") for o in overrides):
             check_resumable(configs[0])
-    return run_hydra(flags + overrides)
+    return run_hydra(hydra_flags(user_dir, name, rest) + overrides)

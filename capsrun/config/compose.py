@@ -4,14 +4,21 @@ config with overrides, and checking every job of a `capsrun train` command line 
 Every failure is a CapsrunError with one line: the problem and, where possible, the fix.
 """
 import difflib
+import importlib.util
 import itertools
+import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
+from hydra._internal.hydra import Hydra  # the search path of `-cd`, as hydra.main builds it (hydra-core 1.3)
+from hydra._internal.utils import create_config_search_path
+from hydra.core.config_search_path import SearchPathQuery
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
@@ -89,29 +96,121 @@ MISSING_OPTION = re.compile(r"Could not find '([\w/]+)/([^']+)'")
 """Hydra's message for a config-group option that does not exist (`experiment=smok`)."""
 
 
-def missing_option_hint(message: str) -> Optional[str]:
-    """For Hydra's "Could not find 'GROUP/NAME'" about one of capsrun's config groups: the
-    options of the group and the closest one (Hydra's list spans several lines, which the
-    one-line error would cut); None for any other message."""
+def missing_option_hint(message: str, folders: Sequence[Path] = ()) -> Optional[str]:
+    """For Hydra's "Could not find 'GROUP/NAME'" about a config group: the group's options in
+    capsrun's conf/ and in the user's `folders` (-cd, hydra.searchpath), and the closest one
+    (Hydra's list spans several lines, which the one-line error would cut); None for any other
+    message."""
     match = MISSING_OPTION.search(message)
-    folder = Path(config_dir()) / match.group(1) if match else None
-    if folder is None or not folder.is_dir():
+    if match is None:
         return None
     group, name = match.groups()
-    options = sorted(path.stem for path in folder.glob("*.yaml"))
+    options = group_options(group, folders)
+    if not options:
+        return None
     close = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
     hint = f"; did you mean '{group}={close[0]}'?" if close else ""
-    return f"invalid config: there is no {group} '{name}' (conf/{group}/); choose one of {', '.join(options)}{hint}"
+    where = ", ".join([f"conf/{group}/", *(f"{folder}/{group}/" for folder in folders)])
+    return f"invalid config: there is no {group} '{name}' ({where}); choose one of {', '.join(options)}{hint}"
 
 
-def compose(config_name: str, overrides: Sequence[str]) -> DictConfig:
-    """Composes `conf/<config_name>.yaml` with overrides through Hydra's compose API."""
+def group_options(group: str, folders: Sequence[Path] = ()) -> List[str]:
+    """The options of config group `group`: its YAML files in capsrun's conf/ and in `folders`."""
+    names = set()
+    for folder in [Path(config_dir()), *folders]:
+        names.update(path.stem for path in (Path(folder) / group).glob("*.yaml"))
+    return sorted(names)
+
+
+SEARCH_PATH_KEY = "hydra.searchpath"
+
+
+def user_config_dir(path: str) -> str:
+    """`-cd DIR` / `--config-dir DIR`: the folder, absolute; one that does not exist is a
+    CapsrunError."""
+    folder = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isdir(folder):
+        raise CapsrunError(f"config folder {path} (-cd/--config-dir) does not exist; pass a folder that holds "
+                           "your configs, e.g. MYCONF with MYCONF/experiment/mine.yaml")
+    return folder
+
+
+def search_path_entries(overrides: Sequence[str]) -> List[str]:
+    """The entries of a `hydra.searchpath=[file://DIR,pkg://package]` override (the last wins)."""
+    entries: List[str] = []
+    for override in overrides:
+        if override.split("=", 1)[0] == SEARCH_PATH_KEY:
+            value = parse_overrides([override])[0].value()
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                raise CapsrunError(f"{SEARCH_PATH_KEY} must be a list such as [file://MYCONF]; got {override}")
+            entries = list(value)
+    return entries
+
+
+def search_path_folder(entry: str) -> Path:
+    """The folder of one hydra.searchpath entry (`file://DIR`, `DIR` or `pkg://package`); one that
+    does not exist is a CapsrunError (Hydra itself would only warn, then fail to find the file)."""
+    scheme, sep, rest = entry.partition("://")
+    if not sep:
+        scheme, rest = "file", entry
+    if scheme == "file":
+        folder = Path(rest).expanduser()
+        if not folder.is_dir():
+            raise CapsrunError(f"config folder {rest} ({SEARCH_PATH_KEY}) does not exist; "
+                               f"use {SEARCH_PATH_KEY}=[file://DIR] with an existing folder")
+        return folder.absolute()
+    if scheme == "pkg":
+        try:
+            spec = importlib.util.find_spec(rest)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
+            raise CapsrunError(f"config package {rest} ({SEARCH_PATH_KEY}) cannot be imported; "
+                               "install it, or use file://DIR")
+        return Path(list(spec.submodule_search_locations)[0])
+    raise CapsrunError(f"{SEARCH_PATH_KEY} entry {entry} must start with file:// or pkg://")
+
+
+def search_setup(overrides: Sequence[str], user_dir: Optional[str] = None) -> Tuple[str, Optional[str], List[Path]]:
+    """(Hydra's primary config folder, the folder right after it or None, the user's folders).
+
+    Without -cd, the primary folder is capsrun's conf/ and hydra.searchpath entries come after it
+    (Hydra's order: capsrun's files win over same-named ones). With `user_dir` (-cd DIR), DIR is
+    the primary folder and capsrun's conf/ comes right after it, so that DIR's files
+    (config.yaml, experiment/NAME.yaml, eval.yaml, ...) take priority over capsrun's, and what DIR
+    lacks is capsrun's. `capsrun train` runs Hydra in the same order: `--config-path DIR
+    --config-dir <capsrun's conf>`. Every user folder must exist.
+    """
+    folders = [search_path_folder(entry) for entry in search_path_entries(overrides)]
+    if user_dir is None:
+        return config_dir(), None, folders
+    return user_dir, config_dir(), [Path(user_dir), *folders]
+
+
+@contextmanager
+def _hydra_for(primary: str, after_primary: Optional[str]) -> Iterator[None]:
+    """Hydra's compose API set up on the search path `hydra, primary, after_primary, plugins,
+    schema`: the one `hydra.main` builds for `--config-path PRIMARY --config-dir AFTER_PRIMARY`."""
+    with initialize_config_dir(config_dir=primary, version_base="1.3", job_name="capsrun"):
+        if after_primary is not None:
+            search_path = create_config_search_path(f"file://{primary}")
+            search_path.prepend(provider="command-line", path=f"file://{after_primary}",
+                                anchor=SearchPathQuery(provider="schema"))
+            GlobalHydra.instance().clear()
+            Hydra.create_main_hydra2(task_name="capsrun", config_search_path=search_path)  # the global Hydra
+        yield
+
+
+def compose(config_name: str, overrides: Sequence[str], user_dir: Optional[str] = None) -> DictConfig:
+    """Composes `<config_name>.yaml` with overrides through Hydra's compose API: from capsrun's
+    conf/, the user's folder `user_dir` (-cd DIR; its files first) and hydra.searchpath entries."""
     register_configs()
+    primary, after_primary, folders = search_setup(overrides, user_dir)
     try:
-        with initialize_config_dir(config_dir=config_dir(), version_base="1.3", job_name="capsrun"):
+        with _hydra_for(primary, after_primary):
             return hydra_compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException, ValueError) as error:
-        message = missing_option_hint(str(error)) or plugin_hint(f"invalid config: {one_line(error)}")
+        message = missing_option_hint(str(error), folders) or plugin_hint(f"invalid config: {one_line(error)}")
         raise CapsrunError(message) from None
 
 
@@ -123,27 +222,32 @@ def parse_overrides(overrides: Sequence[str]) -> List[Override]:
         raise CapsrunError(f"cannot parse overrides: {str(error).strip().splitlines()[0]}") from None
 
 
-def check_keys(parsed: Sequence[Override]) -> None:
-    """Unknown keys are rejected with the closest valid key."""
+def check_keys(parsed: Sequence[Override], folders: Sequence[Path] = ()) -> None:
+    """Unknown keys are rejected with the closest valid key; config groups are capsrun's and the
+    sub-folders of the user's config folders."""
     known = flat_keys(OmegaConf.structured(Config))
+    groups = set(CONFIG_GROUPS).union(path.name for folder in folders for path in folder.iterdir() if path.is_dir())
     for override in parsed:
         key = override.key_or_group
-        if override.is_add() or override.is_delete() or key.startswith("hydra") or key in CONFIG_GROUPS:
+        if override.is_add() or override.is_delete() or key.startswith("hydra") or key in groups:
             continue
         if key not in known:
             raise CapsrunError(suggest_key(key, known))
 
 
-def check_train_overrides(overrides: Sequence[str]) -> List[DictConfig]:
+def check_train_overrides(overrides: Sequence[str], user_dir: Optional[str] = None,
+                          config_name: str = "config") -> List[DictConfig]:
     """Composes and validates the config of every job a `capsrun train` command line would run
-    (the first MAX_CHECKED_SWEEP_JOBS of a sweep); returns the composed configs."""
+    (the first MAX_CHECKED_SWEEP_JOBS of a sweep), with the user's config folders (-cd DIR,
+    hydra.searchpath); returns the composed configs."""
     parsed = parse_overrides(overrides)
-    check_keys(parsed)
+    _, _, folders = search_setup(overrides, user_dir)
+    check_keys(parsed, folders)
     choices = []
     for override in parsed:
         if override.key_or_group.startswith("hydra"):
-            if override.key_or_group in ("hydra/launcher", "hydra/sweeper"):  # plugins: check they are installed
-                choices.append([override.input_line])
+            if override.key_or_group in ("hydra/launcher", "hydra/sweeper", SEARCH_PATH_KEY):
+                choices.append([override.input_line])  # plugins: installed? user folders: there?
             continue
         if override.is_sweep_override():
             if not override.is_discrete_sweep():
@@ -154,6 +258,6 @@ def check_train_overrides(overrides: Sequence[str]) -> List[DictConfig]:
             choices.append([override.input_line])
     configs = []
     for combination in itertools.islice(itertools.product(*choices), MAX_CHECKED_SWEEP_JOBS):
-        configs.append(compose("config", combination))
+        configs.append(compose(config_name, combination, user_dir))
         validate(configs[-1])
     return configs

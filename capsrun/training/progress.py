@@ -5,6 +5,8 @@ import logging
 import time
 from typing import Callable, Mapping, Optional, Union
 
+from capsrun.numbers import percent
+
 log = logging.getLogger(__name__)
 
 EVERY_SECONDS = 30.0
@@ -47,7 +49,7 @@ class ProgressLog:
         steps = done - self.start
         parts = [f"{self.what}: step {done}/{self.total}"]
         shown = values() if callable(values) else values
-        parts += [f"{name} {value:.2%}" if name == "accuracy" else f"{name} {value:.4f}"
+        parts += [f"{name} {percent(value)}" if name == "accuracy" else f"{name} {value:.4f}"
                   for name, value in shown.items()]
         parts.append(f"{examples / elapsed:.0f} img/s")
         if steps > 0 and done < self.total:

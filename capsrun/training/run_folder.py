@@ -14,7 +14,7 @@ This module imports no TensorFlow (`capsrun report` and config checks use it).
 import os
 import re
 from pathlib import Path
-from typing import Any, List, Sequence, Union
+from typing import Any, List, Optional, Sequence, Tuple, Union
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -25,6 +25,7 @@ from capsrun.errors import CapsrunError
 
 RUN_CONFIG = Path(".hydra") / "config.yaml"
 RUN_OVERRIDES = Path(".hydra") / "overrides.yaml"
+RUN_HYDRA = Path(".hydra") / "hydra.yaml"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_KINDS = ("last", "best")
 TENSORBOARD = "tensorboard"
@@ -66,6 +67,20 @@ def load_run_overrides(run_dir: PathLike) -> List[str]:
     if not OmegaConf.is_list(overrides) and not isinstance(overrides, list):
         raise CapsrunError(f"{path} is damaged (not a list of overrides); restore it from a copy")
     return [str(override) for override in overrides]
+
+
+def load_run_config_sources(run_dir: PathLike) -> Tuple[Optional[str], List[str]]:
+    """(the primary config folder the run was composed from, its hydra.searchpath overrides), from
+    its `.hydra/hydra.yaml`; (None, []) when that file is missing or unreadable."""
+    try:
+        hydra_cfg = OmegaConf.load(Path(run_dir) / RUN_HYDRA).hydra
+        main = [str(source.path) for source in hydra_cfg.runtime.config_sources
+                if source.provider == "main" and source.schema == "file"]
+        searchpath = [str(o) for o in hydra_cfg.overrides.hydra if str(o).startswith("hydra.searchpath=")]
+    except (OSError, OmegaConfBaseException, yaml.YAMLError, AttributeError, KeyError, TypeError):
+        # an old or damaged hydra.yaml: the run's own overrides still resume it
+        return None, []
+    return (main[0] if main else None), searchpath
 
 
 def check_writable(folder: PathLike) -> None:

@@ -26,6 +26,7 @@ from capsrun.errors import CapsrunError, TrainingDiverged, TrainingInterrupted
 from capsrun.logs import quiet_tensorflow
 from capsrun.models.base import InputSpec
 from capsrun.models.registry import build_model
+from capsrun.numbers import percent
 from capsrun.training.checkpoints import RunCheckpoints, TrainingProgress, latest_checkpoint
 from capsrun.training.distribute import check_batch_size, is_chief, make_strategy, setup_devices, use_jit
 from capsrun.training.evaluator import Evaluator
@@ -282,9 +283,9 @@ class Trainer:
                                        train_metrics, val)
         self.history.write(metrics)
         log.info(
-            "epoch %d/%d: loss %.4f, train accuracy %.4f, val accuracy %s, %.0f images/s, %.0f s",
-            epoch + 1, self.cfg.epochs, train_metrics["loss"], train_metrics["accuracy"],
-            "n/a" if val is None else f"{val['accuracy']:.4f}", train_metrics["images_per_second"],
+            "epoch %d/%d: loss %.4f, train accuracy %s, val accuracy %s, %.0f images/s, %.0f s",
+            epoch + 1, self.cfg.epochs, train_metrics["loss"], percent(train_metrics["accuracy"]),
+            percent(None if val is None else val["accuracy"]), train_metrics["images_per_second"],
             train_metrics["seconds"],
         )
         return metrics
@@ -337,5 +338,5 @@ def train(cfg: DictConfig, run_dir: PathLike) -> dict:
     finally:
         if not chief:
             shutil.rmtree(output_dir, ignore_errors=True)
-    log.info("done: best validation accuracy %s; run folder %s", metrics.get("best_val_accuracy"), run_dir)
+    log.info("done: best validation accuracy %s; run folder %s", percent(metrics.get("best_val_accuracy")), run_dir)
     return metrics

@@ -1,11 +1,17 @@
 """The real `capsrun` command line in subprocesses: a short training run and every bad input."""
 import json
 import os
+import re
+import subprocess
+import sys
 
+import numpy as np
 import pytest
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import last_stderr_line, run_cli
+from capsrun.logs import BANNER
+from tests.conftest import REPO, last_stderr_line, run_cli
 
 TRAIN_TAGS = {"train/loss", "train/margin_loss", "train/reconstruction_loss", "train/accuracy",
               "train/learning_rate", "train/images_per_second"}
@@ -147,3 +153,95 @@ def test_resume_from_a_truncated_checkpoint_is_one_line(trained_run, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "cannot be restored" in last_stderr_line(result)
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_completed"] == 1
+
+
+def user_config_folder(root, config_yaml=False):
+    """A user's config folder: experiment/mine.yaml on top of smoke, a bad experiment, and
+    (config_yaml) its own config.yaml with seed 5 instead of capsrun's 0."""
+    (root / "experiment").mkdir(parents=True)
+    (root / "experiment" / "mine.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - /experiment/smoke\nseed: 7\ndata:\n  train_size: 64\n  val_size: 32\n")
+    (root / "experiment" / "bad.yaml").write_text("# @package _global_\ntrainer:\n  log_evry_steps: 2\n")
+    if config_yaml:
+        text = (REPO / "conf" / "config.yaml").read_text()
+        (root / "config.yaml").write_text(text.replace("\nseed: 0 ", "\nseed: 5 "))
+    return root
+
+
+def composed(result):
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_a_user_config_folder_with_an_experiment_of_its_own(tmp_path):
+    folder = user_config_folder(tmp_path / "myconf")
+    for args in (["-cd", folder], [f"--config-dir={folder}"], [f"hydra.searchpath=[file://{folder}]"]):
+        cfg = composed(run_cli("train", *args, "experiment=mine", "--cfg", "job"))
+        assert (cfg["seed"], cfg["epochs"], cfg["data"]["train_size"], cfg["batch_size"]) == (7, 1, 64, 32), args
+    own = user_config_folder(tmp_path / "withconfig", config_yaml=True)
+    assert composed(run_cli("train", "-cd", own, "--cfg", "job"))["seed"] == 5  # its config.yaml is the primary one
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-cd", "{folder}", "experiment=bad"], "Key 'log_evry_steps' not in 'TrainerConfig'"),
+    (["-m", "hydra.searchpath=[file://{folder}]", "experiment=mine,bad"], "Key 'log_evry_steps' not in"),
+    (["-cd", "{folder}", "experiment=mien"],
+     "there is no experiment 'mien' (conf/experiment/, {folder}/experiment/); "
+     "choose one of affine_robustness, bad, cifar10, demo, fashion_mnist, mine,"),
+    (["-cd", "{folder}/nope", "experiment=mine"], "config folder {folder}/nope (-cd/--config-dir) does not exist"),
+    (["hydra.searchpath=[file://{folder}/nope]"], "config folder {folder}/nope (hydra.searchpath) does not exist"),
+    (["hydra.searchpath=[pkg://no_such_package.conf]"], "config package no_such_package.conf (hydra.searchpath)"),
+])
+def test_a_bad_user_config_folder_is_one_line_exit_2_before_any_run_folder(tmp_path, args, message):
+    folder = user_config_folder(tmp_path / "myconf")
+    run_dir, sweep_dir = tmp_path / "run", tmp_path / "sweep"
+    result = run_cli("train", *[arg.format(folder=folder) for arg in args], f"hydra.run.dir={run_dir}",
+                     f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = last_stderr_line(result)
+    assert line.startswith("capsrun train: error:") and message.format(folder=folder) in line, result.stderr
+    assert not run_dir.exists() and not sweep_dir.exists()
+
+
+def test_train_help_is_capsruns_and_hydras_is_hydra_help():
+    for flag in ("--help", "-h"):
+        result = run_cli("train", flag)
+        assert result.returncode == 0 and result.stdout.startswith("usage: capsrun train"), result.stderr
+        for text in ("epochs: 10", "experiment=", "smoke", "-m, --multirun", "resume=RUN_DIR", "-cd DIR",
+                     "--cfg job", "--hydra-help", "--verbose"):
+            assert text in result.stdout, text
+    hydra_help = run_cli("train", "--hydra-help")
+    assert hydra_help.returncode == 0 and "== Flags ==" in hydra_help.stdout, hydra_help.stderr
+
+
+def tensorflow_banner(stderr):
+    return [line for line in stderr.splitlines() if BANNER.match(line) or "oneDNN" in line or "cuda" in line.lower()]
+
+
+def test_no_tensorflow_start_up_lines_unless_verbose(tmp_path):
+    """A run from a user's config folder, then predict with it, without TF_CPP_MIN_LOG_LEVEL in
+    the environment: no TensorFlow line on stderr; --verbose lets them through (absl's 'before
+    InitializeLog' line comes with every TensorFlow 2.21 import)."""
+    folder = user_config_folder(tmp_path / "myconf")
+    run_dir = tmp_path / "run"
+    env = {key: value for key, value in os.environ.items() if key not in ("TF_CPP_MIN_LOG_LEVEL", "CAPSRUN_VERBOSE")}
+
+    def capsrun(*args):
+        return subprocess.run([sys.executable, "-m", "capsrun", *map(str, args)], cwd=REPO, env=env, timeout=600,
+                              capture_output=True, text=True)
+
+    trained = capsrun("train", "-cd", folder, "experiment=mine", f"hydra.run.dir={run_dir}")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert tensorflow_banner(trained.stderr) == [], trained.stderr
+    assert yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())["seed"] == 7
+    resumed = composed(run_cli("train", f"resume={run_dir}", "epochs=2", "--cfg", "job"))  # no -cd: the run's own
+    assert (resumed["seed"], resumed["epochs"], resumed["data"]["train_size"]) == (7, 2, 64)
+    log = (run_dir / "train.log").read_text()
+    assert re.search(r"epoch 1/1: loss [\d.]+, train accuracy \d+\.\d\d%, val accuracy \d+\.\d\d%", log), log
+    assert re.search(r"done: best validation accuracy \d+\.\d\d%", log), log
+    np.save(tmp_path / "digits.npy", np.zeros((2, 28, 28), np.uint8))
+    quiet = capsrun("predict", f"run_dir={run_dir}", f"images={tmp_path / 'digits.npy'}")
+    assert quiet.returncode == 0 and tensorflow_banner(quiet.stderr) == [], quiet.stderr
+    loud = capsrun("--verbose", "predict", f"run_dir={run_dir}", f"images={tmp_path / 'digits.npy'}")
+    assert loud.returncode == 0, loud.stderr
+    assert "All log messages before absl::InitializeLog() is called are written to STDERR" in loud.stderr

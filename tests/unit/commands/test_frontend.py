@@ -2,6 +2,7 @@
 closest key, options are refused, and the exceptions of library code become one line on stderr
 and their exit codes."""
 import pytest
+import yaml
 from omegaconf import OmegaConf
 
 from capsrun.commands import COMMANDS
@@ -9,6 +10,7 @@ from capsrun.commands.frontend import CommandSpec, command_config, help_text, ru
 from capsrun.config.keys import flat_keys
 from capsrun.config.schema import COMMAND_SCHEMAS
 from capsrun.errors import CapsrunError, TrainingDiverged, TrainingInterrupted
+from tests.conftest import REPO
 
 SPECS = {name: __import__(module, fromlist=["SPEC"]).SPEC for name, (module, _) in COMMANDS.items() if name != "train"}
 
@@ -85,3 +87,22 @@ def test_paths_with_equals_signs_and_commas_are_quoted(tmp_path):
     assert quote_paths(["indices=[1,2]"], visualize.SPEC) == ["indices=[1,2]"]
     assert quote_paths(["indices=7", "checkpoint=last"], visualize.SPEC) == ["indices=[7]", "checkpoint='last'"]
     assert quote_paths(["output=a b/model"], export.SPEC) == ["output='a b/model'"]
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_every_help_says_how_to_see_the_composed_config(name):
+    text = help_text(SPECS[name])
+    assert "--cfg job" in text and "-cd DIR" in text and "-h, --help" in text
+
+
+def test_cfg_job_prints_the_composed_config_with_a_user_config_folder(tmp_path, capsys):
+    """-cd DIR: DIR/eval.yaml replaces capsrun's; --cfg job prints the result and runs nothing."""
+    own = (REPO / "conf" / "eval.yaml").read_text().replace("\nmax_misclassified: 50 ", "\nmax_misclassified: 7 ")
+    (tmp_path / "eval.yaml").write_text(own)
+    assert command_config(SPECS["eval"], ["-cd", str(tmp_path), "run_dir=x", "dpi=90", "--cfg", "job"]) is None
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert (printed["max_misclassified"], printed["dpi"], printed["run_dir"]) == (7, 90, "x")
+    cfg = command_config(SPECS["eval"], [f"--config-dir={tmp_path}", "run_dir=x"])
+    assert cfg.max_misclassified == 7
+    with pytest.raises(CapsrunError, match=r"config folder .*nope \(-cd/--config-dir\) does not exist"):
+        command_config(SPECS["eval"], ["-cd", str(tmp_path / "nope"), "run_dir=x"])

@@ -27,3 +27,14 @@ def test_every_job_of_a_sweep_is_checked_before_the_first_runs():
 def test_a_missing_launcher_plugin_names_the_extra():
     with pytest.raises(CapsrunError, match=r"pip install 'capsrun\[cluster\]'"):
         compose("config", ["hydra/launcher=submitit_nope"])
+
+
+def test_a_user_folder_of_minus_cd_comes_first_and_capsruns_configs_fill_in(tmp_path):
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "smoke.yaml").write_text("# @package _global_\nepochs: 3\n")
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\nseed: 9\n")
+    assert compose("config", ["experiment=smoke"], str(tmp_path)).epochs == 3  # the user's smoke.yaml wins
+    assert compose("config", ["experiment=mine"], str(tmp_path)).seed == 9
+    assert compose("config", ["experiment=smoke", f"hydra.searchpath=[file://{tmp_path}]"]).epochs == 1  # Hydra's order
+    jobs = check_train_overrides(["experiment=mine,smoke"], str(tmp_path))
+    assert [(job.seed, job.epochs) for job in jobs] == [(9, 10), (0, 3)]
