@@ -35,18 +35,19 @@ from capsrun.training.run_folder import SWEPT_KEYS
 log = logging.getLogger(__name__)
 
 HPARAMS_METRICS = (
-    ("", "result/best_val_accuracy", "best validation accuracy"),
-    ("val", "accuracy", "validation accuracy (last epoch)"),
-    ("val", "loss", "validation loss (last epoch)"),
-    ("", "test/error_percent", "test error % (after capsrun eval or capsrun report)"),
-    ("", "test/accuracy", "test accuracy (after capsrun eval or capsrun report)"),
-    ("", "result/train_accuracy", "training accuracy (last epoch)"),
-    ("", "result/images_per_second", "training images/s (last epoch)"),
+    ("", "result/best_val_accuracy", "best val accuracy"),
+    ("val", "accuracy", "val accuracy"),
+    ("val", "loss", "val loss"),
+    ("", "test/error_percent", "test error %"),
+    ("", "test/accuracy", "test accuracy"),
+    ("", "result/train_accuracy", "train accuracy"),
+    ("", "result/images_per_second", "train images/s"),
 )
 """(group, tag, display name) of the metric columns of the HParams table, in order (TensorBoard
 shows the first five by default). TensorBoard reads a column as the last value of `tag` in the
-run `<job>/<group>`: the val columns follow the validation curves while a job trains; result/*
-are written when training completes, test/* by `capsrun eval`."""
+run `<job>/<group>`: the val columns follow the validation curves while a job trains (the last
+epoch once it is done); result/* are written when training completes, test/* by `capsrun eval`
+or `capsrun report`. Short display names keep the table narrow."""
 
 MAIN_HPARAMS = ("epochs", "batch_size", "optimizer.lr", "model.name", "model.routing", "model.routing_iterations",
                 "loss.recon_weight", "data.name", "seed")
@@ -150,7 +151,8 @@ class HParamsSweepCallback(Callback):
         folder.mkdir(parents=True, exist_ok=True)
         text = "# the keys this sweep varies: the first columns of TensorBoard's HParams table\n"
         write_bytes_atomic(folder / SWEPT_KEYS, (text + yaml.safe_dump({"swept_keys": keys})).encode())
-        log.info("HParams columns of this sweep: %s, then the main hyper-parameters", ", ".join(keys) or "no swept keys")
+        log.info("HParams columns of this sweep: %s, then the main hyper-parameters",
+                 ", ".join(keys) or "no swept keys")
 
 
 def resident_memory_mib() -> float:

@@ -27,3 +27,14 @@ def test_every_job_of_a_sweep_is_checked_before_the_first_runs():
 def test_a_missing_launcher_plugin_names_the_extra():
     with pytest.raises(CapsrunError, match=r"pip install 'capsrun\[cluster\]'"):
         compose("config", ["hydra/launcher=submitit_nope"])
+
+
+def test_a_swept_experiment_stays_in_the_job_folder_names():
+    from capsrun.config.compose import glob_safe, job_folder_overrides
+
+    (override,) = job_folder_overrides(["experiment=smoke,demo", "seed=0,1"])
+    assert override == "hydra.job.config.override_dirname.exclude_keys=[resume,hydra.run.dir,hydra.sweep.dir," \
+                       "hparams_search]"
+    assert job_folder_overrides(["experiment=smoke", "seed=0,1"]) == []  # one experiment: left out of the names
+    assert job_folder_overrides(["experiment=smoke,demo", "hydra.sweep.subdir=x"]) == []  # the user's own names
+    assert glob_safe("") == "defaults" and glob_safe("model.decoder_units=[16,32]") == "model.decoder_units=(16,32)"
