@@ -137,14 +137,17 @@ def test_hparams_are_in_the_event_files(sweep, reported):
 
 
 def test_every_tensorboard_run_of_a_sweep_has_scalars(sweep, reported):
-    """No empty runs: every folder with event files is a run with curves (the sweep folder has none)."""
+    """No empty runs: every folder with event files is a run with something to plot in the Time
+    Series view (the sweep folder has none), and the job's own run has curves from the start."""
     folders = {path.parent for path in sweep.rglob("events.out.tfevents.*")}
     assert sweep not in folders and not any(TENSORBOARD_SEGMENT in folder.parts for folder in folders)
     assert folders == {sweep / name / sub for name in JOB_NAMES for sub in ("", "train", "val")}
     for folder in folders:
-        steps = {event.step for tag in events(folder).Tags()["tensors"] if not tag.startswith("_hparams_")
-                 and tag not in ("config", "result") for event in events(folder).Tensors(tag)}
-        assert len(steps) > 1, folder  # a curve, not only single points
+        plotted = [tag for tag in events(folder).Tags()["tensors"] if not tag.startswith("_hparams_")
+                   and tag not in ("config", "result")]  # text summaries: not in the Time Series view
+        assert {"accuracy", "loss"} <= set(plotted) or folder.parent == sweep, folder
+    for name in JOB_NAMES:
+        assert len(scalar(events(sweep / name), "train/learning_rate")) == 4  # every 2 of 8 steps
 
 
 def test_a_sweep_over_experiments_gets_one_folder_per_experiment(tmp_path):
@@ -186,11 +189,11 @@ def test_optuna_search_maximises_the_returned_validation_accuracy(tmp_path):
     assert results["best_value"] == pytest.approx(max(values.values()))
     best = OmegaConf.load(max(values, key=values.get) / ".hydra" / "config.yaml")
     assert results["best_params"]["optimizer.lr"] == pytest.approx(best.optimizer.lr)
-    root = events(sweep_dir / "tensorboard")
-    experiment = hparams_metadata.parse_experiment_plugin_data(
-        root.SummaryMetadata(hparams_metadata.EXPERIMENT_TAG).plugin_data.content)
-    assert [info.name for info in experiment.hparam_infos] == [
-        "optimizer.lr", "model.routing_iterations", "loss.recon_weight"]
+    experiment = hparams_metadata.parse_experiment_plugin_data(  # in each trial's own TensorBoard run
+        events(trials[0]).SummaryMetadata(hparams_metadata.EXPERIMENT_TAG).plugin_data.content)
+    assert [info.name for info in experiment.hparam_infos][:4] == [
+        "optimizer.lr", "model.routing_iterations", "loss.recon_weight", "epochs"]  # the search space first
+    assert not list(sweep_dir.glob("events.out.tfevents.*")) and not (sweep_dir / "tensorboard").exists()
 
 
 def test_submitit_local_sweep_runs_jobs_in_separate_processes(tmp_path):
