@@ -28,7 +28,7 @@ demo: install ## Train the full CapsNet for one epoch on 6,000 bundled MNIST dig
 	@echo
 	@echo "Run folder:        $(DEMO_DIR)  (metrics.json, eval.json, checkpoints/, train.log)"
 	@echo "Figures:           $(DEMO_DIR)/reconstructions.png perturbations.png capsule_lengths.png confusion_matrix.png misclassified.png"
-	@echo "TensorBoard logs:  $(DEMO_DIR)/tensorboard  ->  make tensorboard"
+	@echo "TensorBoard logs:  $(DEMO_DIR) (runs demo, demo/train, demo/val)  ->  make tensorboard"
 
 train: install ## Train with Hydra overrides, e.g. make train ARGS="epochs=50 model.routing_iterations=1"
 	$(CAPSRUN) train $(ARGS)

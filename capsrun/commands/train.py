@@ -14,11 +14,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from capsrun.commands.frontend import exit_code, train_help
-from capsrun.config.compose import check_train_overrides, config_dir, register_configs, user_config_dir
+from capsrun.config.compose import (check_train_overrides, config_dir, job_folder_overrides, register_configs,
+                                    user_config_dir)
 from capsrun.config.schema import Config
 from capsrun.errors import CapsrunError, TrainingDiverged, TrainingInterrupted
 from capsrun.training.run_folder import load_run_config, load_run_config_sources, load_run_overrides
-from capsrun.training.sweeps import end_job, start_job
+from capsrun.training.sweeps import end_job, job_hparams, start_job
 
 INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
 FLAG_VALUES = {flag: None for flag in ("--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name",
@@ -107,7 +108,8 @@ def train_job(cfg: DictConfig) -> float:
 
     start_job()
     try:
-        metrics = train(cfg, HydraConfig.get().runtime.output_dir)
+        swept, choices = job_hparams(HydraConfig.get())
+        metrics = train(cfg, HydraConfig.get().runtime.output_dir, {"swept": swept, "choices": choices})
     except (CapsrunError, TrainingInterrupted, TrainingDiverged) as error:
         raise SystemExit(exit_code("train", error)) from None
     finally:
@@ -209,4 +211,6 @@ def train_command(args: List[str]) -> int:
         configs = check_train_overrides(overrides, user_dir, name)
         if any(o.startswith("resume=") for o in overrides):
             check_resumable(configs[0])
+        if {"-m", "--multirun"} & set(rest):
+            overrides = overrides + job_folder_overrides(overrides)
     return run_hydra(hydra_flags(user_dir, name, rest) + overrides)

@@ -43,8 +43,30 @@ PLUGIN_EXTRAS = {"hydra/launcher/submitit": "cluster", "hydra/sweeper/optuna": "
 def glob_safe(name: str) -> str:
     """A folder name without glob characters: TensorFlow's checkpoint functions match paths as
     glob patterns, so a job folder named `model.decoder_units=[16,32]` would hide its checkpoints.
-    Used by conf/config.yaml as ${glob_safe:${hydra.job.override_dirname}}."""
-    return str(name).translate(GLOB_SAFE)
+    A job without overrides in its name (`-m experiment=smoke`) gets `defaults`, not the sweep
+    folder itself. Used by conf/config.yaml as ${glob_safe:${hydra.job.override_dirname}}."""
+    return str(name).translate(GLOB_SAFE) or "defaults"
+
+
+NAMED_GROUPS = ("experiment", "hparams_search")
+"""Config groups left out of job folder names (conf/config.yaml exclude_keys), unless swept."""
+
+
+def job_folder_overrides(overrides: Sequence[str]) -> List[str]:
+    """Extra Hydra overrides that keep the job folders of a sweep distinct: a sweep over
+    `experiment` (or `hparams_search`), which job folder names leave out, puts it back into them
+    (`-m experiment=a,b seed=0,1` -> `experiment=a,seed=0`, ...). Nothing when the command line
+    sets the folder names itself."""
+    parsed = parse_overrides(overrides)
+    if any(o.key_or_group in ("hydra.job.config.override_dirname.exclude_keys", "hydra.sweep.subdir")
+           for o in parsed):
+        return []
+    swept = {o.key_or_group for o in parsed if o.key_or_group in NAMED_GROUPS and o.is_sweep_override()}
+    if not swept:
+        return []
+    hydra_cfg = OmegaConf.load(Path(config_dir()) / "config.yaml").hydra
+    excluded = [str(key) for key in hydra_cfg.job.config.override_dirname.exclude_keys if key not in swept]
+    return [f"hydra.job.config.override_dirname.exclude_keys=[{','.join(excluded)}]"]
 
 
 def register_configs() -> None:

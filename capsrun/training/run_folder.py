@@ -4,7 +4,11 @@ A run folder (a Hydra output folder):
   .hydra/            config.yaml (resolved run config), overrides.yaml, hydra.yaml
   checkpoints/last/  model + optimizer + progress, every epoch (and every N steps if asked)
   checkpoints/best/  the checkpoint with the best validation accuracy so far
-  tensorboard/       event files
+  events.out.tfevents.*  TensorBoard run `<run>`: HParams, config text, learning rate, images/s,
+                     results at the end (result/*), and what eval and visualize add (test/*, visualize/*)
+  train/, val/       TensorBoard runs `<run>/train` and `<run>/val`: the same tags (loss, accuracy, ...)
+                     per phase, so that one chart overlays training and validation
+  tensorboard/       (runs trained before the per-phase layout) all event files in one folder
   train.log          the log
   metrics.json       summary, rewritten atomically after every epoch
   eval.json ...      written by `capsrun eval` (and the figures of eval and visualize)
@@ -29,8 +33,28 @@ RUN_HYDRA = Path(".hydra") / "hydra.yaml"
 CHECKPOINTS = "checkpoints"
 CHECKPOINT_KINDS = ("last", "best")
 TENSORBOARD = "tensorboard"
+"""The one event folder of runs trained before the per-phase layout (still read and resumed)."""
+PHASES = ("train", "val")  # each phase writer's folder is named after the phase
+"""Per-phase event folders (TensorBoard runs `<run>/train`, `<run>/val`), beside the run's own
+event files in the run folder itself (TensorBoard run `<run>`)."""
 METRICS = "metrics.json"
+SWEPT_KEYS = "swept_keys.yaml"
+"""In a sweep folder: the keys the sweep varies (the first columns of TensorBoard's HParams table)."""
 EVAL = "eval.json"
+
+def session_folder(run_dir: PathLike) -> Path:
+    """Where a run's own TensorBoard events go (HParams, run-level curves, results, test/*,
+    visualize/*): the run folder itself, or `tensorboard/` for a run trained before the
+    per-phase layout, so that what eval and visualize add stays beside that run's curves."""
+    legacy = Path(run_dir) / TENSORBOARD
+    return legacy if legacy.is_dir() else Path(run_dir)
+
+
+def event_folders(run_dir: PathLike) -> List[Path]:
+    """Every folder of a run that may hold TensorBoard event files (new layout and old)."""
+    run_dir = Path(run_dir)
+    return [run_dir, *(run_dir / phase for phase in PHASES), run_dir / TENSORBOARD]
+
 
 def is_run(folder: PathLike) -> bool:
     """True when `folder` is a run folder (it holds the run's resolved config)."""

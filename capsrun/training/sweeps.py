@@ -1,11 +1,15 @@
-"""Sweeps: the HParams experiment config of a sweep, and the clean-up between the jobs of one.
+"""Sweeps: the HParams columns of a sweep, and the clean-up between the jobs of one.
 
 `HParamsSweepCallback` is a Hydra callback (registered under `hydra.callbacks` in
-conf/config.yaml). At the start of a multirun it writes `<sweep dir>/tensorboard/`, an event
-file holding TensorBoard's HParams *experiment config*: the swept keys (from the command line's
-sweeps and `hydra.sweeper.params`, e.g. an Optuna search space) and the metrics every job logs.
+conf/config.yaml). At the start of a multirun it writes `<sweep dir>/swept_keys.yaml`: the keys
+the sweep varies (from the command line's sweeps and `hydra.sweeper.params`, e.g. an Optuna
+search space). Each job reads it back (`job_hparams`) and writes TensorBoard's HParams
+*experiment config* (those keys first, then the main hyper-parameters, and the metric columns)
+into its own run, next to its session record (see capsrun/training/summaries.py): the sweep
+folder itself gets no event files, so it shows up as no (empty) run of its own. TensorBoard takes
+the experiment config of whichever run it finds first; every job of a sweep writes the same one.
 With `tensorboard --logdir <sweep dir>` the HParams dashboard then shows the sweep as one table,
-one row per job (each job records its own hyper-parameters, see capsrun/summaries.py).
+one row per job.
 
 This module imports neither TensorFlow nor Keras at import time: Hydra instantiates the callback
 in every process, the submitit launcher's parent process included.
@@ -17,29 +21,41 @@ import logging
 import os
 import resource
 import sys
-import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from capsrun.training.run_folder import TENSORBOARD
+from capsrun.atomic import write_bytes_atomic
+from capsrun.training.run_folder import SWEPT_KEYS
 
 log = logging.getLogger(__name__)
 
 HPARAMS_METRICS = (
-    ("final/best_val_accuracy", "best validation accuracy"),
-    ("final/val_accuracy", "validation accuracy (last epoch)"),
-    ("val/loss", "validation loss"),
-    ("final/train_accuracy", "training accuracy (last epoch)"),
-    ("final/images_per_second", "training images/s (last epoch)"),
-    ("test/error_percent", "test error % (after capsrun eval or capsrun report)"),
-    ("test/accuracy", "test accuracy (after capsrun eval or capsrun report)"),
+    ("", "result/best_val_accuracy", "best val accuracy"),
+    ("val", "accuracy", "val accuracy"),
+    ("val", "loss", "val loss"),
+    ("", "test/error_percent", "test error %"),
+    ("", "test/accuracy", "test accuracy"),
+    ("", "result/train_accuracy", "train accuracy"),
+    ("", "result/images_per_second", "train images/s"),
 )
-"""(tag, display name) of the metrics in the sweep's HParams table; every tag is a scalar in a
-job's own `tensorboard/` folder (final/* are written when training completes)."""
+"""(group, tag, display name) of the metric columns of the HParams table, in order (TensorBoard
+shows the first five by default). TensorBoard reads a column as the last value of `tag` in the
+run `<job>/<group>`: the val columns follow the validation curves while a job trains (the last
+epoch once it is done); result/* are written when training completes, test/* by `capsrun eval`
+or `capsrun report`. Short display names keep the table narrow."""
+
+MAIN_HPARAMS = ("epochs", "batch_size", "optimizer.lr", "model.name", "model.routing", "model.routing_iterations",
+                "loss.recon_weight", "data.name", "seed")
+"""The hyper-parameters listed after the swept keys in the HParams table (the other config keys
+are in each run's `config` text summary and its .hydra/config.yaml)."""
+
+HPARAMS_GROUPS = ("experiment", "hparams_search")
+"""Config groups whose choice is recorded as a hyper-parameter (they are not keys of a job's config)."""
 
 NOT_HPARAMS = ("hydra", "resume")
 
@@ -48,7 +64,7 @@ def swept_keys(task_overrides: Sequence[str], sweeper_params: Optional[Mapping[s
     """The config keys a sweep varies, in command-line order: keys of sweep overrides on the
     command line (`model.routing_iterations=1,2,3`, `lr=interval(...)`) and of the sweeper's
     `params` (set by an experiment or an hparams_search config). Config-group choices
-    (`experiment=a,b`) are included as they are not hyper-parameter values of a job's config."""
+    (`experiment=a,b`) are included: each job records its choice as a hyper-parameter."""
     keys = []
     parser = OverridesParser.create()
     for override in parser.parse_overrides(list(task_overrides)):
@@ -63,39 +79,80 @@ def swept_keys(task_overrides: Sequence[str], sweeper_params: Optional[Mapping[s
     return unique
 
 
-def write_hparams_experiment(folder: Any, hparam_names: Iterable[str],
-                             metrics: Sequence[Tuple[str, str]] = HPARAMS_METRICS) -> str:
-    """Writes the HParams experiment config (hyper-parameters `hparam_names`, `metrics` as
-    (tag, display name)) into an event file in `folder`; returns the file's path."""
-    from tensorboard.compat.proto import event_pb2
-    from tensorboard.plugins.hparams import api as hparams_api
-    from tensorboard.plugins.hparams import summary_v2
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+def hparams_columns(hparams: Mapping[str, Any], swept: Sequence[str] = ()) -> List[str]:
+    """The order of the HParams table's hyper-parameter columns: the swept keys, then
+    MAIN_HPARAMS; only keys the run recorded (`hparams`: {key: value})."""
+    columns = []
+    for key in [*swept, *MAIN_HPARAMS]:
+        if key in hparams and key not in columns:
+            columns.append(key)
+    return columns
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    summary = summary_v2.hparams_config_pb(
-        hparams=[hparams_api.HParam(name) for name in hparam_names],
-        metrics=[hparams_api.Metric(tag, display_name=name) for tag, name in metrics],
-        time_created_secs=time.time(),
+
+def experiment_config_pb(hparams: Mapping[str, Any], swept: Sequence[str] = (),
+                         metrics: Sequence[Tuple[str, str, str]] = HPARAMS_METRICS) -> Any:
+    """TensorBoard's HParams experiment config (a Summary proto): `hparams_columns` as the
+    hyper-parameters, `metrics` (group, tag, display name) as the metric columns.
+
+    TensorBoard orders the columns by (not `differs`, name) and shows the first five, so the
+    swept keys are marked `differs` (their values do differ between the jobs) and come first; the
+    main hyper-parameters follow; the other keys are not listed, so that they do not push the
+    main ones out of view in alphabetical order."""
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    experiment = api_pb2.Experiment(
+        hparam_infos=[api_pb2.HParamInfo(name=name, type=_data_type(hparams[name]), differs=name in swept)
+                      for name in hparams_columns(hparams, swept)],
+        metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(group=group, tag=tag), display_name=name)
+                      for group, tag, name in metrics],
     )
-    writer = EventFileWriter(str(folder), filename_suffix=".hparams")
-    writer.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=summary))
-    writer.close()
-    return writer.get_logdir()
+    content = plugin_data_pb2.HParamsPluginData(experiment=experiment, version=metadata.PLUGIN_DATA_VERSION)
+    summary = summary_pb2.Summary()
+    summary.value.add(tag=metadata.EXPERIMENT_TAG, metadata=metadata.create_summary_metadata(content),
+                      tensor=metadata.NULL_TENSOR)
+    return summary
+
+
+def _data_type(value: Any) -> int:
+    """The HParams data type of a recorded value (bool, number or string)."""
+    from tensorboard.plugins.hparams import api_pb2
+
+    if isinstance(value, bool):
+        return api_pb2.DATA_TYPE_BOOL
+    return api_pb2.DATA_TYPE_FLOAT64 if isinstance(value, (int, float)) else api_pb2.DATA_TYPE_STRING
+
+
+def job_hparams(hydra_cfg: DictConfig) -> Tuple[List[str], Dict[str, str]]:
+    """(the keys the job's sweep varies, {config group: choice} of HPARAMS_GROUPS) for one Hydra
+    job; no keys outside a multirun (or when the sweep folder has no swept_keys.yaml)."""
+    choices = {group: str(hydra_cfg.runtime.choices[group]) for group in HPARAMS_GROUPS
+               if OmegaConf.select(hydra_cfg, f"runtime.choices.{group}", default=None) is not None}
+    swept: List[str] = []
+    if str(OmegaConf.select(hydra_cfg, "mode", default="")).endswith("MULTIRUN"):
+        path = Path(str(hydra_cfg.sweep.dir)) / SWEPT_KEYS
+        try:
+            swept = [str(key) for key in (yaml.safe_load(path.read_text()) or {}).get("swept_keys", [])]
+        except (OSError, yaml.YAMLError, AttributeError) as error:
+            log.warning("cannot read the swept keys of this sweep (%s); HParams lists the main hyper-parameters "
+                        "only", error)
+    return swept, choices
 
 
 class HParamsSweepCallback(Callback):
-    """Writes the sweep's HParams experiment config when a multirun starts."""
+    """Writes the keys a sweep varies to `<sweep dir>/swept_keys.yaml` when a multirun starts."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         hydra_cfg = config.hydra
         params = OmegaConf.select(hydra_cfg, "sweeper.params", default=None)
         params = OmegaConf.to_container(params) if params is not None else {}
         keys = swept_keys(hydra_cfg.overrides.task, params)
-        folder = Path(hydra_cfg.sweep.dir) / TENSORBOARD
-        write_hparams_experiment(folder, keys)
-        log.info("HParams experiment config for %s written to %s", ", ".join(keys) or "no swept keys", folder)
+        folder = Path(hydra_cfg.sweep.dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        text = "# the keys this sweep varies: the first columns of TensorBoard's HParams table\n"
+        write_bytes_atomic(folder / SWEPT_KEYS, (text + yaml.safe_dump({"swept_keys": keys})).encode())
+        log.info("HParams columns of this sweep: %s, then the main hyper-parameters",
+                 ", ".join(keys) or "no swept keys")
 
 
 def resident_memory_mib() -> float:

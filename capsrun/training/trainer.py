@@ -32,10 +32,11 @@ from capsrun.training.distribute import check_batch_size, is_chief, make_strateg
 from capsrun.training.evaluator import Evaluator
 from capsrun.training.history import RunHistory
 from capsrun.training.progress import ProgressLog
-from capsrun.training.run_folder import TENSORBOARD, PathLike, check_writable
+from capsrun.training.run_folder import PathLike, check_writable
 from capsrun.training.signals import StopRequested
 from capsrun.training.steps import SumMeter, batch_sums
 from capsrun.training.summaries import (
+    RunWriters,
     truncate_events,
     write_final_metrics,
     write_hparams,
@@ -72,8 +73,10 @@ class Trainer:
     `strategy.scope()` here.
     """
 
-    def __init__(self, cfg: DictConfig, run_dir: PathLike, strategy: tf.distribute.Strategy, splits: DataSplits):
+    def __init__(self, cfg: DictConfig, run_dir: PathLike, strategy: tf.distribute.Strategy, splits: DataSplits,
+                 hparams: Optional[dict] = None):
         self.cfg, self.run_dir, self.strategy, self.splits = cfg, Path(run_dir), strategy, splits
+        self.hparams = hparams or {}  # write_hparams' `swept` and `choices` (from a sweep's Hydra job)
         self.batch_size = cfg.batch_size
         self.steps_per_epoch = pipeline.steps_per_epoch(splits.train, cfg.batch_size)
         jit = use_jit(cfg.trainer)
@@ -88,7 +91,7 @@ class Trainer:
             run_dir, self.model, self.optimizer, self.progress, cfg.trainer.keep_checkpoints)
         self.evaluator = Evaluator(self.model, strategy, cfg.trainer.eval_batch_size or cfg.batch_size,
                                    jit_compile=jit, log_every_steps=cfg.trainer.log_every_steps)
-        self.writer = tf.summary.create_file_writer(str(self.run_dir / TENSORBOARD))
+        self.writer = RunWriters(self.run_dir)  # the run's own TensorBoard run and one per phase
         self.history = RunHistory(self.run_dir)
         replica_step = tf.function(self._replica_step, jit_compile=jit, reduce_retracing=True)
         self._step = tf.function(
@@ -161,7 +164,7 @@ class Trainer:
             return None
         self.checkpoints.restore(path)
         self.resumed_from = path
-        truncate_events(self.run_dir / TENSORBOARD, self.global_step)
+        truncate_events(self.run_dir, self.global_step)
         self.history.load(source_dir, self.epochs_done)
         log.info("resumed from %s (epoch %d, step %d)", path, self.epochs_done, self.global_step)
         return path
@@ -179,7 +182,7 @@ class Trainer:
     def fit(self) -> dict:
         """Trains the remaining epochs; returns the final metrics (also in metrics.json)."""
         if self.resumed_from is None:
-            write_hparams(self.writer, self.cfg, trial_id=self.run_dir.name)
+            write_hparams(self.writer, self.cfg, trial_id=self.run_dir.name, **self.hparams)
         if self.epochs_done >= self.cfg.epochs:
             log.info("all %d epochs are already done; raise `epochs` to train longer", self.cfg.epochs)
             return self.history.read() or {"status": "completed", "epochs_completed": self.epochs_done}
@@ -306,8 +309,9 @@ class Trainer:
         raise TrainingDiverged(str(self.run_dir), step)
 
 
-def train(cfg: DictConfig, run_dir: PathLike) -> dict:
+def train(cfg: DictConfig, run_dir: PathLike, hparams: Optional[dict] = None) -> dict:
     """Trains the model configured by `cfg` in `run_dir`; returns the final metrics dict.
+    `hparams` ({"swept": keys, "choices": {group: choice}}) shapes the HParams record.
 
     Raises CapsrunError (bad input), TrainingInterrupted (SIGTERM/SIGINT, checkpoint written) or
     TrainingDiverged (non-finite loss). In a multi-worker cluster only the chief writes into
@@ -329,7 +333,7 @@ def train(cfg: DictConfig, run_dir: PathLike) -> dict:
     chief = is_chief(strategy)
     output_dir = run_dir if chief else tempfile.mkdtemp(prefix="capsrun-worker-")
     try:
-        trainer = Trainer(cfg, output_dir, strategy, splits)
+        trainer = Trainer(cfg, output_dir, strategy, splits, hparams)
         trainer.restore_if_any(run_dir, must_exist=cfg.resume is not None)
         log.info("training a %s-parameter %s on %d images (%d validation) with %d replica(s), %d steps per epoch",
                  f"{trainer.model.count_params():,}", cfg.model.name, len(splits.train), len(splits.val),

@@ -69,7 +69,7 @@ def test_affine_eval_reports_the_untransformed_and_the_affine_set(affine_run):
     report = json.loads((run / "eval.json").read_text())
     affine = report["extra_tests"]["affine"]
     assert report["data"] == "affnist" and report["digits_per_image"] == 1 and list(report["extra_tests"]) == ["affine"]
-    tags, scalar = tensorboard_scalars(run / "tensorboard")
+    tags, scalar = tensorboard_scalars(run)
     for numbers, suffix, tag in ((report, "", "test"), (affine, "_affine", "test/affine")):
         rows, lengths = read_csv(run / f"eval_predictions{suffix}.csv")
         labels = np.array([int(row["label"]) for row in rows])
@@ -120,7 +120,7 @@ def test_multimnist_accuracy_counts_an_image_when_both_digits_are_the_two_longes
                                                                                        axis=1)))
     assert 0 < report["reconstruction_error"] < 1
     assert (run / "misclassified.png").is_file() and not (run / "confusion_matrix.png").exists()
-    tags, scalar = tensorboard_scalars(run / "tensorboard")
+    tags, scalar = tensorboard_scalars(run)
     assert {"test/accuracy", "test/reconstruction_error", "test/misclassified"} <= tags
     assert "test/confusion_matrix" not in tags
     assert scalar("test/accuracy") == pytest.approx(report["test_accuracy"])
@@ -141,7 +141,7 @@ def test_multimnist_visualize_draws_figure_5_in_two_colours(multimnist_run):
     assert np.sum(green > red + 30) > 300
     assert np.sum(red > green + 30) > 300
     assert not (run / "perturbations.png").exists() and (run / "capsule_lengths.png").is_file()
-    tags, _ = tensorboard_scalars(run / "tensorboard")
+    tags, _ = tensorboard_scalars(run)
     assert {"visualize/multimnist_reconstructions", "visualize/capsule_lengths"} <= tags
 
 

@@ -95,7 +95,7 @@ def test_eval_files_are_consistent(runs, evaluated):
         assert png_size(run / "confusion_matrix.png") == (700, 600)
         shown = min(report["num_misclassified"], 50)
         assert png_size(run / "misclassified.png") == (1100, round(80 + 130 * max(1, math.ceil(shown / 10))))
-        events, tags = tensorboard_tags(run / "tensorboard")
+        events, tags = tensorboard_tags(run)
         assert {"test/accuracy", "test/error_percent", "test/reconstruction_error", "test/confusion_matrix",
                 "test/misclassified", "test/per_class_accuracy/0"} <= tags
         logged = events.Tensors("test/accuracy")[-1]
@@ -141,9 +141,10 @@ def test_visualize_writes_figures_and_tensorboard(runs, evaluated):
     for name, size in expected.items():
         assert png_size(run / name) == size, name
         assert f"{run / name} ({size[0]}x{size[1]})" in result.stdout
-    _, tags = tensorboard_tags(run / "tensorboard")
+    _, tags = tensorboard_tags(run)  # the run's own TensorBoard run, beside its HParams record
     assert {"visualize/reconstructions", "visualize/perturbations", "visualize/capsule_lengths"} <= tags
-    assert {"test/accuracy", "test/confusion_matrix", "train/loss", "val/accuracy"} <= tags
+    assert {"test/accuracy", "test/confusion_matrix", "train/learning_rate", "_hparams_/session_start_info"} <= tags
+    assert {"loss", "accuracy"} <= tensorboard_tags(run / "val")[1]
 
 
 def test_visualize_chosen_digits_and_range(runs, tmp_path):

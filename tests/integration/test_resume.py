@@ -33,7 +33,11 @@ def wait_for_checkpoint(process, run_dir, timeout=300):
 
 
 def scalars(run_dir, tag):
-    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    """[(step, value)] of `tag` ("train/loss": tag loss of the run <run>/train; "train/learning_rate"
+    is a tag of the run's own events)."""
+    phase, name = tag.split("/", 1)
+    folder, tag = (run_dir, tag) if name == "learning_rate" else (run_dir / phase, name)
+    events = EventAccumulator(str(folder), size_guidance={"tensors": 0})
     events.Reload()
     return [(event.step, float(tf.make_ndarray(event.tensor_proto))) for event in events.Tensors(tag)]
 

@@ -14,7 +14,8 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tests.conftest import last_stderr_line, run_cli
 
 TINY = ["experiment=smoke"]  # 256 training digits, a small model
-JOB_NAMES = {f"experiment=smoke,model.routing_iterations={r},seed={s}" for r in (1, 2) for s in (0, 1)}
+TENSORBOARD_SEGMENT = "tensorboard"  # the one event folder of runs trained before the per-phase layout
+JOB_NAMES = {f"model.routing_iterations={r},seed={s}" for r in (1, 2) for s in (0, 1)}  # experiment= left out
 
 
 def events(folder):
@@ -102,27 +103,68 @@ def test_report_table_is_recomputed_from_the_jobs_files(sweep, reported):
 
 
 def test_hparams_are_in_the_event_files(sweep, reported):
-    root = events(sweep / "tensorboard")
-    experiment = hparams_metadata.parse_experiment_plugin_data(
-        root.SummaryMetadata(hparams_metadata.EXPERIMENT_TAG).plugin_data.content)
-    assert [info.name for info in experiment.hparam_infos] == ["seed", "model.routing_iterations"]  # swept, in order
-    metric_tags = [info.name.tag for info in experiment.metric_infos]
-    assert {"final/best_val_accuracy", "val/loss", "test/error_percent"} <= set(metric_tags)
+    from tensorboard.plugins.hparams.backend_context import _sort_and_reduce_to_hparams_limit
+
+    swept = yaml.safe_load((sweep / "swept_keys.yaml").read_text())
+    assert swept == {"swept_keys": ["seed", "model.routing_iterations"]}
     for name in JOB_NAMES:
-        job = events(sweep / name / "tensorboard")
+        job = events(sweep / name)  # the job's own TensorBoard run: its session and the experiment config
+        experiment = hparams_metadata.parse_experiment_plugin_data(
+            job.SummaryMetadata(hparams_metadata.EXPERIMENT_TAG).plugin_data.content)
+        columns = [info.name for info in experiment.hparam_infos]
+        assert columns[:2] == ["seed", "model.routing_iterations"]  # swept, in command-line order
+        assert {"epochs", "batch_size", "optimizer.lr", "loss.recon_weight", "data.name"} <= set(columns[2:])
+        assert len(columns) < 12  # not every config key
+        _sort_and_reduce_to_hparams_limit(experiment, 1000)  # what TensorBoard's HParams plugin serves
+        assert [info.name for info in experiment.hparam_infos][:2] == ["model.routing_iterations", "seed"]
+        metrics = [(info.name.group, info.name.tag) for info in experiment.metric_infos]
+        assert {("", "result/best_val_accuracy"), ("val", "loss"), ("", "test/error_percent")} <= set(metrics)
         start = hparams_metadata.parse_session_start_info_plugin_data(
             job.SummaryMetadata(hparams_metadata.SESSION_START_INFO_TAG).plugin_data.content)
         cfg = OmegaConf.load(sweep / name / ".hydra" / "config.yaml")
         assert start.group_name == name
         assert start.hparams["model.routing_iterations"].number_value == cfg.model.routing_iterations
         assert start.hparams["seed"].number_value == cfg.seed
-        metrics = json.loads((sweep / name / "metrics.json").read_text())
+        assert start.hparams["experiment"].string_value == "smoke"
+        results = json.loads((sweep / name / "metrics.json").read_text())
         evaluation = json.loads((sweep / name / "eval.json").read_text())
-        available = set(job.Tags()["tensors"])
-        assert set(metric_tags) <= available, set(metric_tags) - available  # every column of the table is filled
-        final = scalar(job, "final/best_val_accuracy")
-        assert final == [(metrics["global_step"], pytest.approx(metrics["best_val_accuracy"]))]
+        for group, tag in metrics:  # every column of the table is filled, from the run TensorBoard reads it in
+            assert tag in events(sweep / name / group).Tags()["tensors"], (group, tag)
+        best = scalar(job, "result/best_val_accuracy")
+        assert best == [(results["global_step"], pytest.approx(results["best_val_accuracy"]))]
         assert scalar(job, "test/error_percent")[-1][1] == pytest.approx(evaluation["test_error_percent"])
+        assert scalar(events(sweep / name / "val"), "accuracy")[-1][1] == pytest.approx(results["val_accuracy"])
+
+
+def test_every_tensorboard_run_of_a_sweep_has_scalars(sweep, reported):
+    """No empty runs: every folder with event files is a run with something to plot in the Time
+    Series view (the sweep folder has none), and the job's own run has curves from the start."""
+    folders = {path.parent for path in sweep.rglob("events.out.tfevents.*")}
+    assert sweep not in folders and not any(TENSORBOARD_SEGMENT in folder.parts for folder in folders)
+    assert folders == {sweep / name / sub for name in JOB_NAMES for sub in ("", "train", "val")}
+    for folder in folders:
+        plotted = [tag for tag in events(folder).Tags()["tensors"] if not tag.startswith("_hparams_")
+                   and tag not in ("config", "result")]  # text summaries: not in the Time Series view
+        assert {"accuracy", "loss"} <= set(plotted) or folder.parent == sweep, folder
+    for name in JOB_NAMES:
+        assert len(scalar(events(sweep / name), "train/learning_rate")) == 4  # every 2 of 8 steps
+
+
+def test_a_sweep_over_experiments_gets_one_folder_per_experiment(tmp_path):
+    """experiment= is left out of job folder names, unless the sweep varies it: then the folders
+    would collide (here both would be named by the same overrides)."""
+    sweep = tmp_path / "sweep"
+    tiny = ["epochs=1", "batch_size=32", "data.train_size=32", "data.val_size=32", "data.test_size=32",
+            "model.conv1_filters=8", "model.primary_maps=2", "model.decoder_units=[8,8]"]
+    result = run_cli("train", "-m", "experiment=smoke,demo", *tiny, f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    name = "batch_size=32,data.test_size=32,data.train_size=32,data.val_size=32,epochs=1,experiment={}," \
+           "model.conv1_filters=8,model.decoder_units=(8,8),model.primary_maps=2"
+    jobs = {path.name for path in sweep.iterdir() if (path / ".hydra").is_dir()}
+    assert jobs == {name.format("demo"), name.format("smoke")}
+    for job in jobs:
+        assert json.loads((sweep / job / "metrics.json").read_text())["status"] == "completed"
+    assert yaml.safe_load((sweep / "swept_keys.yaml").read_text()) == {"swept_keys": ["experiment"]}
 
 
 def test_memory_stays_flat_over_a_4_job_sweep(sweep):
@@ -147,11 +189,11 @@ def test_optuna_search_maximises_the_returned_validation_accuracy(tmp_path):
     assert results["best_value"] == pytest.approx(max(values.values()))
     best = OmegaConf.load(max(values, key=values.get) / ".hydra" / "config.yaml")
     assert results["best_params"]["optimizer.lr"] == pytest.approx(best.optimizer.lr)
-    root = events(sweep_dir / "tensorboard")
-    experiment = hparams_metadata.parse_experiment_plugin_data(
-        root.SummaryMetadata(hparams_metadata.EXPERIMENT_TAG).plugin_data.content)
-    assert [info.name for info in experiment.hparam_infos] == [
-        "optimizer.lr", "model.routing_iterations", "loss.recon_weight"]
+    experiment = hparams_metadata.parse_experiment_plugin_data(  # in each trial's own TensorBoard run
+        events(trials[0]).SummaryMetadata(hparams_metadata.EXPERIMENT_TAG).plugin_data.content)
+    assert [info.name for info in experiment.hparam_infos][:4] == [
+        "optimizer.lr", "model.routing_iterations", "loss.recon_weight", "epochs"]  # the search space first
+    assert not list(sweep_dir.glob("events.out.tfevents.*")) and not (sweep_dir / "tensorboard").exists()
 
 
 def test_submitit_local_sweep_runs_jobs_in_separate_processes(tmp_path):
@@ -161,7 +203,7 @@ def test_submitit_local_sweep_runs_jobs_in_separate_processes(tmp_path):
                      "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep_dir}")
     assert result.returncode == 0, result.stderr[-3000:]
     for seed in (0, 1):
-        metrics = json.loads((sweep_dir / f"experiment=smoke,seed={seed}" / "metrics.json").read_text())
+        metrics = json.loads((sweep_dir / f"seed={seed}" / "metrics.json").read_text())
         assert metrics["status"] == "completed"
     submitted = [folder for folder in (sweep_dir / ".submitit").iterdir() if list(folder.glob("*_result.pkl"))]
     assert len(submitted) == 2  # one submitit job (its own process) per sweep job
@@ -234,9 +276,8 @@ def test_sweep_job_folders_have_no_glob_characters(tmp_path):
     result = run_cli("train", "-m", "experiment=smoke", "data.train_size=64", "model.decoder_units=[16,32]",
                      f"hydra.sweep.dir={sweep}")
     assert result.returncode == 0, result.stderr[-3000:]
-    (job,) = [path for path in sweep.iterdir() if path.is_dir() and not path.name.startswith(".")
-              and path.name != "tensorboard"]
-    assert job.name == "data.train_size=64,experiment=smoke,model.decoder_units=(16,32)"
+    (job,) = [path for path in sweep.iterdir() if path.is_dir() and not path.name.startswith(".")]
+    assert job.name == "data.train_size=64,model.decoder_units=(16,32)"
     assert (job / "checkpoints" / "last" / "checkpoint").is_file()
     evaluated = run_cli("eval", f"run_dir={job}")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]

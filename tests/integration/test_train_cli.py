@@ -13,9 +13,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from capsrun.logs import BANNER
 from tests.conftest import REPO, last_stderr_line, run_cli
 
-TRAIN_TAGS = {"train/loss", "train/margin_loss", "train/reconstruction_loss", "train/accuracy",
-              "train/learning_rate", "train/images_per_second"}
-VAL_TAGS = {"val/loss", "val/accuracy", "val/reconstructions"}
+PHASE_TAGS = {"loss", "margin_loss", "reconstruction_loss", "accuracy"}
+"""The same tags in the runs <run>/train and <run>/val: one chart per quantity overlays both."""
+RUN_TAGS = {"train/learning_rate", "train/images_per_second", "result/best_val_accuracy", "result/val_accuracy",
+            "result/train_accuracy", "result/images_per_second", "config", "result",
+            "_hparams_/session_start_info", "_hparams_/experiment"}
 
 
 def read_tensorboard(folder):
@@ -37,14 +39,18 @@ def test_train_one_epoch_leaves_checkpoints_metrics_and_tensorboard(tmp_path):
     assert "epoch 1/1" in (run_dir / "train.log").read_text()
     for kind in ("last", "best"):
         assert any(name.endswith(".index") for name in os.listdir(run_dir / "checkpoints" / kind))
-    events = read_tensorboard(run_dir / "tensorboard")
-    tags = set(events.Tags()["tensors"])
-    assert TRAIN_TAGS | VAL_TAGS <= tags
-    assert [event.step for event in events.Tensors("train/loss")] == [2, 4, 6, 8]
-    assert [event.step for event in events.Tensors("val/accuracy")] == [8]
-    image = events.Tensors("val/reconstructions")[0].tensor_proto
+    session, train, val = (read_tensorboard(run_dir / name) for name in ("", "train", "val"))
+    train_tags, val_tags = set(train.Tags()["tensors"]), set(val.Tags()["tensors"])
+    assert PHASE_TAGS <= train_tags and PHASE_TAGS | {"reconstructions"} <= val_tags
+    assert RUN_TAGS <= set(session.Tags()["tensors"])
+    assert not PHASE_TAGS & set(session.Tags()["tensors"])  # no third curve beside train and val
+    assert [event.step for event in train.Tensors("loss")] == [2, 4, 6, 8]
+    assert [event.step for event in session.Tensors("train/learning_rate")] == [2, 4, 6, 8]
+    assert [event.step for event in val.Tensors("accuracy")] == [8]
+    image = val.Tensors("reconstructions")[0].tensor_proto
     assert image.string_val[:2] == [b"224", b"56"]  # 8 digits of 28 px wide, 2 rows (original, reconstruction)
-    assert "_hparams_/session_start_info" in tags
+    folders = {path.parent.relative_to(run_dir).as_posix() for path in run_dir.rglob("events.out.tfevents.*")}
+    assert folders == {".", "train", "val"}  # no tensorboard/ segment in the TensorBoard run names
 
 
 BAD_INPUTS = [

@@ -38,3 +38,14 @@ def test_a_user_folder_of_minus_cd_comes_first_and_capsruns_configs_fill_in(tmp_
     assert compose("config", ["experiment=smoke", f"hydra.searchpath=[file://{tmp_path}]"]).epochs == 1  # Hydra's order
     jobs = check_train_overrides(["experiment=mine,smoke"], str(tmp_path))
     assert [(job.seed, job.epochs) for job in jobs] == [(9, 10), (0, 3)]
+
+
+def test_a_swept_experiment_stays_in_the_job_folder_names():
+    from capsrun.config.compose import glob_safe, job_folder_overrides
+
+    (override,) = job_folder_overrides(["experiment=smoke,demo", "seed=0,1"])
+    assert override == "hydra.job.config.override_dirname.exclude_keys=[resume,hydra.run.dir,hydra.sweep.dir," \
+                       "hparams_search]"
+    assert job_folder_overrides(["experiment=smoke", "seed=0,1"]) == []  # one experiment: left out of the names
+    assert job_folder_overrides(["experiment=smoke,demo", "hydra.sweep.subdir=x"]) == []  # the user's own names
+    assert glob_safe("") == "defaults" and glob_safe("model.decoder_units=[16,32]") == "model.decoder_units=(16,32)"

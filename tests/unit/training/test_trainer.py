@@ -137,6 +137,6 @@ def test_the_steps_after_the_last_interval_are_logged_at_the_end_of_each_epoch(t
     cfg = compose_config("epochs=2", "trainer.log_every_steps=5", "trainer.progress_bar=false")  # 8 steps/epoch
     trainer = Trainer(cfg, tmp_path, tf.distribute.get_strategy(), load_splits(cfg.data, cfg.seed))
     trainer.fit()
-    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0}).Reload()
-    steps = [event.step for event in events.Tensors("train/loss")]
+    events = EventAccumulator(str(tmp_path / "train"), size_guidance={"tensors": 0}).Reload()
+    steps = [event.step for event in events.Tensors("loss")]
     assert steps == [5, 8, 10, 15, 16]  # every 5 steps, and the end of each epoch (8, 16)
