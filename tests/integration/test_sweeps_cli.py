@@ -162,8 +162,8 @@ def test_optuna_study_in_sqlite_storage_continues_on_the_next_command(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     for search in ("first", "second"):
         result = run_cli("train", "-m", "hparams_search=capsnet_optuna", *TINY, "data.train_size=64",
-                         "data.val_size=32", "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=kept",
-                         f"hydra.sweep.dir={tmp_path / search}")
+                         "data.val_size=32", "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={storage}",
+                         "hydra.sweeper.study_name=kept", f"hydra.sweep.dir={tmp_path / search}")
         assert result.returncode == 0, result.stderr[-3000:]
         assert "Traceback" not in result.stderr
     study = optuna.load_study(study_name="kept", storage=storage)
