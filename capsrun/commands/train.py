@@ -7,6 +7,7 @@ TrainingDiverged 4.
 """
 import os
 import sys
+from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import hydra
@@ -18,7 +19,9 @@ from capsrun.config.compose import (check_train_overrides, config_dir, job_folde
                                     user_config_dir)
 from capsrun.config.schema import Config
 from capsrun.errors import CapsrunError, TrainingDiverged, TrainingInterrupted
-from capsrun.training.run_folder import load_run_config, load_run_config_sources, load_run_overrides
+from capsrun.training.history import read_metrics
+from capsrun.training.run_folder import (CHECKPOINT_KINDS, METRICS, load_run_config, load_run_config_sources,
+                                         load_run_overrides)
 from capsrun.training.sweeps import end_job, job_hparams, start_job
 
 INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
@@ -98,6 +101,20 @@ def check_resumable(cfg: DictConfig) -> None:
             if before != after:
                 raise CapsrunError(f"cannot resume {cfg.resume} with a different {section}.{key} "
                                    f"({before} -> {after}); start a new run instead")
+    check_run_files(cfg.resume)
+
+
+def check_run_files(run_dir: str) -> None:
+    """The files a resumed run reads (metrics.json, the checkpoint state files and the newest
+    checkpoints) are readable: a damaged one is a CapsrunError before Hydra starts the job, which
+    would rewrite the run's .hydra/ files and append to its train.log."""
+    from capsrun.training.checkpoints import latest_checkpoint, saved_variable_count  # loads TensorFlow
+
+    read_metrics(Path(run_dir) / METRICS)
+    for kind in CHECKPOINT_KINDS:
+        path = latest_checkpoint(run_dir, kind)
+        if path is not None:
+            saved_variable_count(path)
 
 
 def train_job(cfg: DictConfig) -> float:

@@ -103,6 +103,7 @@ class TrainerConfig:
     eval_batch_size: Optional[int] = None
     num_recon_images: int = 8
     progress_bar: bool = True
+    profile_steps: Any = None
 
 
 @dataclass
@@ -194,6 +195,7 @@ class ExportConfig:
 
     run_dir: Any = MISSING
     checkpoint: str = "best"
+    format: str = "saved_model"
     output: Optional[str] = None
     overwrite: bool = False
 

@@ -4,7 +4,7 @@ before anything is written."""
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from capsrun.config.schema import DATA_NAMES, JIT_CHOICES, PRECISIONS, STRATEGIES
 from capsrun.errors import CapsrunError
@@ -109,6 +109,21 @@ def validate(cfg: DictConfig) -> None:
     for key in ("checkpoint_every_steps", "eval_batch_size"):
         value = trainer[key]
         _check(value is None or value >= 1, f"trainer.{key} must be null or >= 1, got {value}")
+    _check(_is_profile_steps(trainer.profile_steps),
+           "trainer.profile_steps must be null, a number of steps N >= 1 (steps 2 to N + 1), or [first, last] "
+           f"global steps with 1 <= first <= last; got {trainer.profile_steps}")
+
+
+def _is_profile_steps(value: Any) -> bool:
+    """null, an int N >= 1, or a pair [first, last] of ints with 1 <= first <= last."""
+    def is_int(item: Any) -> bool:
+        return isinstance(item, int) and not isinstance(item, bool)
+
+    if value is None:
+        return True
+    if OmegaConf.is_list(value) or isinstance(value, (list, tuple)):
+        return len(value) == 2 and all(is_int(item) for item in value) and 1 <= value[0] <= value[1]
+    return is_int(value) and value >= 1
 
 
 def test_size_setting(value: Any, run_value: Optional[int]) -> Optional[int]:

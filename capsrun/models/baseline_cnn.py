@@ -16,6 +16,7 @@ from capsrun.models.losses import cross_entropy
 from capsrun.models.ops import top_labels
 
 
+@keras.saving.register_keras_serializable(package="capsrun")
 class BaselineCNN(keras.Model):
     """images float [B, H, W, C] in [0, 1] -> {"logits": [B, J], "scores": [B, J] softmax}."""
 
@@ -37,6 +38,20 @@ class BaselineCNN(keras.Model):
         self.flatten = keras.layers.Flatten()
         self.dropout = keras.layers.Dropout(dropout)
         self.classifier = keras.layers.Dense(self.num_classes, name="classifier")
+        self.settings = {"channels": [int(c) for c in channels], "kernel_size": int(kernel_size),
+                         "fc_units": [int(u) for u in fc_units], "dropout": float(dropout)}
+
+    def get_config(self) -> dict:
+        """Everything `__init__` takes, so that a `.keras` file rebuilds the same network."""
+        return {**super().get_config(), "image_shape": list(self.image_shape), "num_classes": self.num_classes,
+                **self.settings}
+
+    def get_build_config(self) -> dict:
+        return {"input_shape": [None, *self.image_shape]}
+
+    def build_from_config(self, config: dict) -> None:
+        """Creates the weights on loading a `.keras` file (they are then read from the file)."""
+        self.build_for_inputs()
 
     def build_for_inputs(self) -> None:
         """Creates all weights by running one zero image through the network."""

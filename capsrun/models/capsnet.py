@@ -4,7 +4,8 @@ Default sizes give the 8,215,568 trainable parameters of the reference implement
 conv1 20,992 + primary caps 5,308,672 + W 1,474,560 + decoder 1,411,344.
 Everything is derived from the input shape and the number of classes.
 """
-from typing import Any, Dict, Optional, Sequence
+from dataclasses import asdict
+from typing import Any, Dict, Optional, Sequence, Union
 
 import keras
 import tensorflow as tf
@@ -44,6 +45,7 @@ class Decoder(keras.layers.Layer):
         return tf.reshape(pixels, [-1, *self.image_shape])
 
 
+@keras.saving.register_keras_serializable(package="capsrun")
 class CapsNet(keras.Model):
     """Capsule network with a reconstruction decoder; fulfils `capsrun.models.base.CapsuleModel`.
 
@@ -70,11 +72,11 @@ class CapsNet(keras.Model):
         num_targets: int = 1,
         routing: str = "dynamic",
         routing_squash: str = "paper",
-        loss: Optional[CapsuleLoss] = None,
+        loss: Optional[Union[CapsuleLoss, dict]] = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.loss_fn = loss or CapsuleLoss()
+        self.loss_fn = CapsuleLoss(**loss) if isinstance(loss, dict) else (loss or CapsuleLoss())
         self.image_shape = tuple(int(s) for s in image_shape)
         self.num_classes = int(num_classes)
         self.num_targets = int(num_targets)
@@ -89,6 +91,27 @@ class CapsNet(keras.Model):
             dtype="float32", name="digit_caps"
         )
         self.decoder = Decoder(decoder_units, self.image_shape, name="decoder")
+        self.settings = {
+            "conv1_filters": int(conv1_filters), "conv1_kernel": int(conv1_kernel), "primary_maps": int(primary_maps),
+            "primary_dim": int(primary_dim), "primary_kernel": int(primary_kernel),
+            "primary_strides": int(primary_strides), "digit_dim": int(digit_dim),
+            "routing_iterations": int(routing_iterations), "decoder_units": [int(u) for u in decoder_units],
+            "routing": str(routing), "routing_squash": str(routing_squash),
+        }
+
+    def get_config(self) -> dict:
+        """Everything `__init__` takes, the loss settings included (`loss`: the CapsuleLoss fields as
+        a dict, which `__init__` accepts too), so that a `.keras` file rebuilds the same network
+        with the same loss."""
+        return {**super().get_config(), "image_shape": list(self.image_shape), "num_classes": self.num_classes,
+                "num_targets": self.num_targets, **self.settings, "loss": asdict(self.loss_fn)}
+
+    def get_build_config(self) -> dict:
+        return {"input_shape": [None, *self.image_shape]}
+
+    def build_from_config(self, config: dict) -> None:
+        """Creates the weights on loading a `.keras` file (their values are then read from it)."""
+        self.build_for_inputs()
 
     def build_for_inputs(self) -> None:
         """Creates all weights by running one zero image through the network."""

@@ -32,6 +32,8 @@ class RunCheckpoints:
     def __init__(self, run_dir: PathLike, model: Any, optimizer: Any, progress: TrainingProgress, keep: int = 3):
         self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, progress=progress)
         root = Path(run_dir) / CHECKPOINTS
+        for kind in CHECKPOINT_KINDS:  # a damaged state file: one line naming it, not the manager's traceback
+            latest_checkpoint(run_dir, kind)
         self.last = tf.train.CheckpointManager(self.checkpoint, str(root / "last"), max_to_keep=keep)
         self.best = tf.train.CheckpointManager(self.checkpoint, str(root / "best"), max_to_keep=1)
 
@@ -42,18 +44,23 @@ class RunCheckpoints:
         return self.best.save(checkpoint_number=step)
 
     def restore(self, path: str) -> None:
-        """Restores model, optimizer and progress from `path` (a checkpoint prefix)."""
+        """Restores model, optimizer and progress from `path` (a checkpoint prefix); a damaged
+        checkpoint, or one of another model, is a CapsrunError saying so."""
+        check_model_weights(path, self.checkpoint.model)
         restore_checkpoint(self.checkpoint, path)
 
 
 def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str, partial: bool = False) -> None:
     """Restores `checkpoint` from `path`; an incompatible or damaged file is a CapsrunError."""
+    status = None
     try:
         status = checkpoint.restore(path)
         if partial:
             status.expect_partial()
         status.assert_existing_objects_matched()
     except (ValueError, AssertionError, IndexError, KeyError, tf.errors.OpError) as error:
+        if status is not None:  # else TensorFlow lists the unrestored values on stderr at exit, after the error line
+            status.expect_partial()
         detail = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise CapsrunError(
             f"checkpoint {path} cannot be restored into this model/config ({detail}); "
@@ -81,6 +88,15 @@ def saved_variable_count(path: str, child: str = "model") -> int:
             seen.add(node)
             stack.extend(ref.node_id for ref in graph.nodes[node].children)
     return sum(1 for node in seen if any(attr.name == "VARIABLE_VALUE" for attr in graph.nodes[node].attributes))
+
+
+def check_model_weights(path: str, model: Any) -> None:
+    """The checkpoint at `path` holds as many model weights as `model` has (CapsrunError if not:
+    it comes from another model; if it cannot be read: it is damaged)."""
+    saved = saved_variable_count(path)
+    if saved != len(model.weights):
+        raise CapsrunError(f"checkpoint {path} holds {saved} model weights but this config builds "
+                           f"{len(model.weights)}; it comes from a run with a different model")
 
 
 def latest_checkpoint(run_dir: PathLike, kind: str = "last") -> Optional[str]:

@@ -21,7 +21,7 @@ from capsrun.errors import CapsrunError
 from capsrun.logs import quiet_tensorflow
 from capsrun.models.base import InputSpec
 from capsrun.models.registry import build_model
-from capsrun.training.checkpoints import find_checkpoint, restore_checkpoint, saved_variable_count
+from capsrun.training.checkpoints import check_model_weights, find_checkpoint, restore_checkpoint
 from capsrun.training.run_folder import RUN_CONFIG, PathLike, checkpoint_step, load_run_config
 
 
@@ -75,10 +75,7 @@ def restore_model(cfg: DictConfig, spec: InputSpec, checkpoint: str) -> Any:
     checkpoint (CapsrunError).
     """
     model = build_model(cfg.model, cfg.loss, spec)
-    saved = saved_variable_count(checkpoint)
-    if saved != len(model.weights):
-        raise CapsrunError(f"checkpoint {checkpoint} holds {saved} model weights but this config builds "
-                           f"{len(model.weights)}; it comes from a run with a different model")
+    check_model_weights(checkpoint, model)
     restore_checkpoint(tf.train.Checkpoint(model=model), checkpoint, partial=True)
     return model
 

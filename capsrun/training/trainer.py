@@ -31,6 +31,7 @@ from capsrun.training.checkpoints import RunCheckpoints, TrainingProgress, lates
 from capsrun.training.distribute import check_batch_size, is_chief, make_strategy, setup_devices, use_jit
 from capsrun.training.evaluator import Evaluator
 from capsrun.training.history import RunHistory
+from capsrun.training.profiling import StepProfiler
 from capsrun.training.progress import ProgressLog
 from capsrun.training.run_folder import PathLike, check_writable
 from capsrun.training.signals import StopRequested
@@ -98,6 +99,7 @@ class Trainer:
             lambda batch, stop: self._reduce(strategy.run(replica_step, args=(batch, stop))), reduce_retracing=True
         )
         self.resumed_from: Optional[str] = None
+        self.profiler = StepProfiler(cfg.trainer.profile_steps, self.run_dir / TENSORBOARD)
 
     # -- one step -------------------------------------------------------------------------------
 
@@ -187,7 +189,7 @@ class Trainer:
             log.info("all %d epochs are already done; raise `epochs` to train longer", self.cfg.epochs)
             return self.history.read() or {"status": "completed", "epochs_completed": self.epochs_done}
         metrics = {"status": "running", "epochs_completed": self.epochs_done}
-        with StopRequested() as stop:
+        with StopRequested() as stop, self.profiler:
             for epoch in range(self.epochs_done, self.cfg.epochs):
                 dataset, report = self.train_loop_begin(epoch)
                 epoch_metrics = self.train_loop(dataset, report, stop)
@@ -231,8 +233,10 @@ class Trainer:
         epoch, interval = SumMeter(), SumMeter()
         for batch in dataset:
             stop_flag = tf.constant(1.0 if stop.signal_name else 0.0)
+            self.profiler.before(self.global_step + 1)
             sums = {key: float(value) for key, value in self.train_step(batch, stop_flag).items()}
             step = self.global_step
+            self.profiler.after(step)
             if sums.pop("non_finite") > 0:
                 self._diverged(step)
             stop.agreed = sums.pop("stop") > 0

@@ -1,5 +1,6 @@
 """Sweeps through the real CLI: a 2x2 multirun, `capsrun report` on it, the HParams records in
-the event files, memory over a 4-job sweep, an Optuna search and a submitit_local sweep."""
+the event files, memory over a 4-job sweep, an Optuna search (in memory, and a study kept in SQLite
+and continued) and a submitit_local sweep."""
 import csv
 import json
 import re
@@ -194,6 +195,27 @@ def test_optuna_search_maximises_the_returned_validation_accuracy(tmp_path):
     assert [info.name for info in experiment.hparam_infos][:4] == [
         "optimizer.lr", "model.routing_iterations", "loss.recon_weight", "epochs"]  # the search space first
     assert not list(sweep_dir.glob("events.out.tfevents.*")) and not (sweep_dir / "tensorboard").exists()
+
+
+def test_optuna_study_in_sqlite_storage_continues_on_the_next_command(tmp_path):
+    """hydra.sweeper.storage=sqlite:///... (docs/sweeps.md) keeps the study: the same command run
+    again adds its trials to it (optuna 2.x needs SQLAlchemy < 2 for this, pinned in setup.cfg)."""
+    optuna = pytest.importorskip("optuna")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    for search in ("first", "second"):
+        result = run_cli("train", "-m", "hparams_search=capsnet_optuna", *TINY, "data.train_size=64",
+                         "data.val_size=32", "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={storage}",
+                         "hydra.sweeper.study_name=kept", f"hydra.sweep.dir={tmp_path / search}")
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+    study = optuna.load_study(study_name="kept", storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    assert [trial.number for trial in trials] == [0, 1, 2, 3]
+    assert all(trial.state == optuna.trial.TrialState.COMPLETE for trial in trials)
+    values = [json.loads((folder / "metrics.json").read_text())["best_val_accuracy"]
+              for search in ("first", "second") for folder in sorted((tmp_path / search).glob("trial=*"))]
+    assert sorted(trial.value for trial in trials) == pytest.approx(sorted(values))
+    assert set(trials[0].params) == {"optimizer.lr", "model.routing_iterations", "loss.recon_weight"}
 
 
 def test_submitit_local_sweep_runs_jobs_in_separate_processes(tmp_path):

@@ -157,7 +157,7 @@ def test_resume_from_a_truncated_checkpoint_is_one_line(trained_run, tmp_path):
     data_file.write_bytes(data_file.read_bytes()[:1000])
     result = run_cli("train", f"resume={run_dir}", "epochs=2")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "cannot be restored" in last_stderr_line(result)
+    assert "is damaged" in last_stderr_line(result)
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_completed"] == 1
 
 

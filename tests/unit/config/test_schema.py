@@ -11,11 +11,28 @@ from capsrun.config.validation import validate
 from tests.conftest import REPO, compose_config
 
 EXPERIMENTS = sorted(path.stem for path in (REPO / "conf" / "experiment").glob("*.yaml"))
+DEBUG_PRESETS = sorted(path.stem for path in (REPO / "conf" / "debug").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_validates(experiment):
     validate(compose_config(experiment=experiment))
+
+
+@pytest.mark.parametrize("preset", DEBUG_PRESETS)
+def test_every_debug_preset_composes_over_an_experiment_and_wins(preset):
+    cfg = compose_config(f"debug={preset}", experiment="demo")
+    validate(cfg)
+    settings = OmegaConf.load(REPO / "conf" / "debug" / f"{preset}.yaml")
+    settings.pop("hydra")
+    for key in flat_keys(settings):  # every setting of the preset wins over the experiment's (debug applies last)
+        assert OmegaConf.select(cfg, key) == OmegaConf.select(settings, key), key
+
+
+def test_the_debug_presets_are_fast_overfit_and_profile():
+    assert DEBUG_PRESETS == ["fast", "overfit", "profile"]
+    assert compose_config("debug=overfit").data.train_size == compose_config("debug=overfit").batch_size
+    assert compose_config("debug=profile").trainer.profile_steps == [3, 5]
 
 
 def test_every_schema_key_is_in_the_configuration_page():
