@@ -5,8 +5,9 @@ Profile tab (`pip install 'capsrun[profile]'`, i.e. tensorboard-plugin-profile).
 trace starts just before step `first` and stops after step `last`), or a count N, which means
 `[2, N + 1]`: the first step of a run traces and compiles the step function and takes many times
 longer than the others, so a count leaves it out. The trace goes to
-`<run folder>/tensorboard/plugins/profile/<timestamp>/<host>.xplane.pb`, where TensorBoard looks
-for it (`tensorboard --logdir <run folder>/tensorboard`, tab Profile). Each traced step is marked
+`<run folder>/plugins/profile/<timestamp>/<host>.xplane.pb` (beside the run's own event files;
+of a run trained before the per-phase layout, under `tensorboard/`), where TensorBoard looks for
+it (`tensorboard --logdir <run folder>`, or any folder above it, tab Profile). Each traced step is marked
 as a step (`tf.profiler.experimental.Trace("train", step_num=...)`), so the overview page shows
 the step times.
 """

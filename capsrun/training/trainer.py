@@ -33,7 +33,7 @@ from capsrun.training.evaluator import Evaluator
 from capsrun.training.history import RunHistory
 from capsrun.training.profiling import StepProfiler
 from capsrun.training.progress import ProgressLog
-from capsrun.training.run_folder import PathLike, check_writable
+from capsrun.training.run_folder import PathLike, check_writable, session_folder
 from capsrun.training.signals import StopRequested
 from capsrun.training.steps import SumMeter, batch_sums
 from capsrun.training.summaries import (
@@ -99,7 +99,7 @@ class Trainer:
             lambda batch, stop: self._reduce(strategy.run(replica_step, args=(batch, stop))), reduce_retracing=True
         )
         self.resumed_from: Optional[str] = None
-        self.profiler = StepProfiler(cfg.trainer.profile_steps, self.run_dir / TENSORBOARD)
+        self.profiler = StepProfiler(cfg.trainer.profile_steps, session_folder(self.run_dir))
 
     # -- one step -------------------------------------------------------------------------------
 

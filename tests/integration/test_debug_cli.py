@@ -48,8 +48,9 @@ def test_profile_writes_a_trace_tensorboard_opens(tmp_path):
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     trained("experiment=smoke", "debug=profile", run_dir=tmp_path / "run")
-    traces = list((tmp_path / "run" / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    traces = list((tmp_path / "run" / "plugins" / "profile").glob("*/*.xplane.pb"))
     assert len(traces) == 1  # <logdir>/plugins/profile/<timestamp>/<host>.xplane.pb: TensorBoard's layout
+    assert not (tmp_path / "run" / "tensorboard").exists()  # else later events would take the old layout
     space = xplane_pb2.XSpace.FromString(traces[0].read_bytes())
     steps = set()
     for plane in space.planes:
