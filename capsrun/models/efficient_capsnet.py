@@ -189,7 +189,8 @@ def check_sizes(image_shape: Sequence[int], filters: Sequence[int], kernels: Seq
     convolutions or the last one's channels do not split into capsules of primary_dim."""
     if not len(filters) == len(kernels) == len(strides) >= 1:
         raise CapsrunError("model.efficient_conv_filters, efficient_conv_kernels and efficient_conv_strides "
-                           f"need the same number (>= 1) of entries; got {len(filters)}, {len(kernels)}, {len(strides)}")
+                           f"need the same number (>= 1) of entries; got {len(filters)}, {len(kernels)}, "
+                           f"{len(strides)}")
     if filters[-1] % primary_dim:
         raise CapsrunError(f"model=efficient_capsnet: the last convolution's {filters[-1]} channels do not split into "
                            f"primary capsules of model.primary_dim={primary_dim}; choose a divisor")
