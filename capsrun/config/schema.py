@@ -70,6 +70,9 @@ class ModelConfig:
     cnn_kernel: int = 5
     fc_units: List[int] = field(default_factory=lambda: [328, 192])
     dropout: float = 0.5
+    efficient_conv_filters: List[int] = field(default_factory=lambda: [32, 64, 64, 128])
+    efficient_conv_kernels: List[int] = field(default_factory=lambda: [5, 3, 3, 3])
+    efficient_conv_strides: List[int] = field(default_factory=lambda: [1, 1, 1, 2])
 
 
 @dataclass

@@ -72,6 +72,15 @@ def validate(cfg: DictConfig) -> None:
                 "primary_strides", "digit_dim"):
         _check(model[key] >= 1, f"model.{key} must be >= 1, got {model[key]}")
     _check(all(units >= 1 for units in model.decoder_units), "model.decoder_units must all be >= 1")
+    efficient = (model.efficient_conv_filters, model.efficient_conv_kernels, model.efficient_conv_strides)
+    _check(len(set(map(len, efficient))) == 1 and len(efficient[0]) >= 1,
+           "model.efficient_conv_filters, efficient_conv_kernels and efficient_conv_strides need one entry per "
+           f"convolution (the same number, >= 1); got {', '.join(str(len(values)) for values in efficient)}")
+    _check(all(value >= 1 for values in efficient for value in values),
+           "model.efficient_conv_filters, efficient_conv_kernels and efficient_conv_strides must all be >= 1")
+    _check(model.name != "efficient_capsnet" or efficient[0][-1] % model.primary_dim == 0,
+           f"model=efficient_capsnet groups the {efficient[0][-1]} channels of its last convolution into primary "
+           f"capsules of model.primary_dim={model.primary_dim}; choose a divisor of {efficient[0][-1]}")
     for key in ("m_plus", "m_minus"):
         _check(0.0 <= loss[key] <= 1.0, f"loss.{key} must be in [0, 1], got {loss[key]}")
     _check(

@@ -21,21 +21,29 @@ class Decoder(keras.layers.Layer):
     """Regenerates an image from the masked digit capsules.
 
     Input: masked capsules float32 [B, J, D]. Output: float32 [B, H, W, C] in [0, 1] (sigmoid).
+    Weights: J*D -> hidden_units[0] -> ... -> H*W*C, each Dense with a bias; the initializers
+    are Keras names (CapsNet: Keras' default glorot_uniform; Efficient-CapsNet: he_normal for
+    the ReLU layers, glorot_normal for the sigmoid one, as in the authors' code).
     """
 
-    def __init__(self, hidden_units: Sequence[int], image_shape: Sequence[int], **kwargs):
+    def __init__(self, hidden_units: Sequence[int], image_shape: Sequence[int],
+                 hidden_initializer: str = "glorot_uniform", output_initializer: str = "glorot_uniform", **kwargs):
         super().__init__(**kwargs)
         self.hidden_units = tuple(int(units) for units in hidden_units)
         self.image_shape = tuple(int(s) for s in image_shape)
+        self.hidden_initializer, self.output_initializer = hidden_initializer, output_initializer
         # Layers are attributes, not a list: tf.train.Checkpoint does not follow Keras' lists.
         self.hidden_names = tuple(f"fc{index + 1}" for index in range(len(hidden_units)))
         for name, units in zip(self.hidden_names, hidden_units):
-            setattr(self, name, keras.layers.Dense(units, activation="relu", name=name))
+            setattr(self, name, keras.layers.Dense(units, activation="relu", kernel_initializer=hidden_initializer,
+                                                   name=name))
         pixels = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
-        self.output_layer = keras.layers.Dense(pixels, activation="sigmoid", name="pixels")
+        self.output_layer = keras.layers.Dense(pixels, activation="sigmoid", kernel_initializer=output_initializer,
+                                               name="pixels")
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "hidden_units": list(self.hidden_units), "image_shape": list(self.image_shape)}
+        return {**super().get_config(), "hidden_units": list(self.hidden_units), "image_shape": list(self.image_shape),
+                "hidden_initializer": self.hidden_initializer, "output_initializer": self.output_initializer}
 
     def call(self, masked_capsules: tf.Tensor) -> tf.Tensor:
         flat = tf.reshape(masked_capsules, [tf.shape(masked_capsules)[0], -1])
@@ -45,9 +53,9 @@ class Decoder(keras.layers.Layer):
         return tf.reshape(pixels, [-1, *self.image_shape])
 
 
-@keras.saving.register_keras_serializable(package="capsrun")
-class CapsNet(keras.Model):
-    """Capsule network with a reconstruction decoder; fulfils `capsrun.models.base.CapsuleModel`.
+class CapsuleNetwork(keras.Model):
+    """What every capsule network with a masked decoder shares; fulfils
+    `capsrun.models.base.CapsuleModel` once a subclass defines `capsules` and sets `decoder`.
 
     call(images, labels=None) -> {"scores": capsule lengths [B, J], "capsules": v [B, J, D],
     "reconstructions": [B, H, W, C] or [B, T, H, W, C]}; the decoder is masked by `labels` when
@@ -56,48 +64,14 @@ class CapsNet(keras.Model):
     reconstructions are then one per digit. No batch size is baked in.
     """
 
-    def __init__(
-        self,
-        image_shape: Sequence[int] = (28, 28, 1),
-        num_classes: int = 10,
-        conv1_filters: int = 256,
-        conv1_kernel: int = 9,
-        primary_maps: int = 32,
-        primary_dim: int = 8,
-        primary_kernel: int = 9,
-        primary_strides: int = 2,
-        digit_dim: int = 16,
-        routing_iterations: int = 3,
-        decoder_units: Sequence[int] = (512, 1024),
-        num_targets: int = 1,
-        routing: str = "dynamic",
-        routing_squash: str = "paper",
-        loss: Optional[Union[CapsuleLoss, dict]] = None,
-        **kwargs,
-    ):
+    def __init__(self, image_shape: Sequence[int], num_classes: int, num_targets: int,
+                 loss: Optional[Union[CapsuleLoss, dict]], **kwargs):
         super().__init__(**kwargs)
         self.loss_fn = CapsuleLoss(**loss) if isinstance(loss, dict) else (loss or CapsuleLoss())
         self.image_shape = tuple(int(s) for s in image_shape)
         self.num_classes = int(num_classes)
         self.num_targets = int(num_targets)
-        self.conv1 = keras.layers.Conv2D(
-            conv1_filters, conv1_kernel, activation="relu", padding="valid", name="conv1"
-        )
-        self.primary_caps = PrimaryCaps(
-            primary_maps, primary_dim, primary_kernel, primary_strides, name="primary_caps"
-        )
-        self.digit_caps = DigitCaps(
-            self.num_classes, digit_dim, routing_iterations, routing=routing, routing_squash=routing_squash,
-            dtype="float32", name="digit_caps"
-        )
-        self.decoder = Decoder(decoder_units, self.image_shape, name="decoder")
-        self.settings = {
-            "conv1_filters": int(conv1_filters), "conv1_kernel": int(conv1_kernel), "primary_maps": int(primary_maps),
-            "primary_dim": int(primary_dim), "primary_kernel": int(primary_kernel),
-            "primary_strides": int(primary_strides), "digit_dim": int(digit_dim),
-            "routing_iterations": int(routing_iterations), "decoder_units": [int(u) for u in decoder_units],
-            "routing": str(routing), "routing_squash": str(routing_squash),
-        }
+        self.settings: Dict[str, Any] = {}  # a subclass's own `__init__` arguments, for get_config
 
     def get_config(self) -> dict:
         """Everything `__init__` takes, the loss settings included (`loss`: the CapsuleLoss fields as
@@ -118,9 +92,8 @@ class CapsNet(keras.Model):
         self(tf.zeros([1, *self.image_shape]), training=False)
 
     def capsules(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """Digit capsules v [B, J, D] float32 for images [B, H, W, C]."""
-        features = self.conv1(tf.cast(images, self.compute_dtype))
-        return self.digit_caps(self.primary_caps(features))
+        """Class capsules v [B, J, D] float32 for images [B, H, W, C] (defined by each network)."""
+        raise NotImplementedError
 
     @staticmethod
     def lengths(capsules: tf.Tensor) -> tf.Tensor:
@@ -151,6 +124,57 @@ class CapsNet(keras.Model):
         if labels is None:
             labels = self.predict_labels(lengths)
         return {CAPSULES: capsules, SCORES: lengths, RECONSTRUCTIONS: self.reconstruct(capsules, labels)}
+
+
+@keras.saving.register_keras_serializable(package="capsrun")
+class CapsNet(CapsuleNetwork):
+    """Sabour et al.'s capsule network with a reconstruction decoder (see `CapsuleNetwork` for
+    the interface): conv1 [B, H-8, W-8, 256] -> primary capsules [B, I, 8] -> digit capsules
+    [B, J, 16] -> decoder."""
+
+    def __init__(
+        self,
+        image_shape: Sequence[int] = (28, 28, 1),
+        num_classes: int = 10,
+        conv1_filters: int = 256,
+        conv1_kernel: int = 9,
+        primary_maps: int = 32,
+        primary_dim: int = 8,
+        primary_kernel: int = 9,
+        primary_strides: int = 2,
+        digit_dim: int = 16,
+        routing_iterations: int = 3,
+        decoder_units: Sequence[int] = (512, 1024),
+        num_targets: int = 1,
+        routing: str = "dynamic",
+        routing_squash: str = "paper",
+        loss: Optional[Union[CapsuleLoss, dict]] = None,
+        **kwargs,
+    ):
+        super().__init__(image_shape, num_classes, num_targets, loss, **kwargs)
+        self.settings = {
+            "conv1_filters": int(conv1_filters), "conv1_kernel": int(conv1_kernel), "primary_maps": int(primary_maps),
+            "primary_dim": int(primary_dim), "primary_kernel": int(primary_kernel),
+            "primary_strides": int(primary_strides), "digit_dim": int(digit_dim),
+            "routing_iterations": int(routing_iterations), "decoder_units": [int(u) for u in decoder_units],
+            "routing": str(routing), "routing_squash": str(routing_squash),
+        }
+        self.conv1 = keras.layers.Conv2D(
+            conv1_filters, conv1_kernel, activation="relu", padding="valid", name="conv1"
+        )
+        self.primary_caps = PrimaryCaps(
+            primary_maps, primary_dim, primary_kernel, primary_strides, name="primary_caps"
+        )
+        self.digit_caps = DigitCaps(
+            self.num_classes, digit_dim, routing_iterations, routing=routing, routing_squash=routing_squash,
+            dtype="float32", name="digit_caps"
+        )
+        self.decoder = Decoder(decoder_units, self.image_shape, name="decoder")
+
+    def capsules(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Digit capsules v [B, J, D] float32 for images [B, H, W, C]."""
+        features = self.conv1(tf.cast(images, self.compute_dtype))
+        return self.digit_caps(self.primary_caps(features))
 
 
 def build(model_cfg: Any, loss_cfg: Any, spec: InputSpec) -> CapsNet:

@@ -51,15 +51,17 @@ class DigitCaps(keras.layers.Layer):
     capsrun.models.routing.ROUTINGS, default routing-by-agreement).
 
     Input: u float32 [B, I, D_in]. Weights W: [I, J, D_out, D_in] (for MNIST [1152, 10, 16, 8]),
-    no bias, as in the paper. Output: v float32 [B, J, D_out].
+    no bias, as in the paper, drawn by `kernel_initializer` (anything `keras.initializers.get`
+    takes; None: normal with stddev W_STDDEV). Output: v float32 [B, J, D_out].
     The prediction vectors u_hat[b, i, j] = W[i, j] @ u[b, i] of all J digit capsules are one
     batched matmul over the I primary capsules ([I, B, D_in] x [I, D_in, J*D_out]), transposed
     once to the [B, J, I, D_out] layout of the routing interface, which needs no further transposes.
     """
 
     def __init__(self, num_capsules: int, dim: int, routing_iterations: int, routing: str = "dynamic",
-                 routing_squash: str = "paper", **kwargs):
+                 routing_squash: str = "paper", kernel_initializer=None, **kwargs):
         super().__init__(**kwargs)
+        self.kernel_initializer = kernel_initializer
         self.num_capsules = num_capsules
         self.dim = dim
         self.routing_iterations = routing_iterations
@@ -71,14 +73,19 @@ class DigitCaps(keras.layers.Layer):
     def get_config(self) -> dict:
         return {**super().get_config(), "num_capsules": self.num_capsules, "dim": self.dim,
                 "routing_iterations": self.routing_iterations, "routing": self.routing,
-                "routing_squash": self.routing_squash}
+                "routing_squash": self.routing_squash,
+                "kernel_initializer": None if self.kernel_initializer is None
+                else keras.initializers.serialize(keras.initializers.get(self.kernel_initializer))}
 
     def build(self, input_shape: tuple) -> None:
         self.num_inputs, self.input_dim = int(input_shape[1]), int(input_shape[2])
         self.kernel = self.add_weight(
             name="W",
             shape=(self.num_inputs, self.num_capsules, self.dim, self.input_dim),
-            initializer=keras.initializers.RandomNormal(stddev=W_STDDEV),
+            # Made here, not in __init__: the default's seed is drawn when W is created, so a
+            # CapsNet's initial weights under a given seed are those of earlier versions.
+            initializer=(keras.initializers.RandomNormal(stddev=W_STDDEV) if self.kernel_initializer is None
+                         else keras.initializers.get(self.kernel_initializer)),
             dtype="float32",
         )
 

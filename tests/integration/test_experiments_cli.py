@@ -249,3 +249,28 @@ def test_baseline_cnn_eval_visualize_and_report_against_capsnet(tmp_path):
     refused = run_cli("visualize", f"run_dir={jobs['baseline_cnn']}")
     assert refused.returncode == 2 and "has no capsules to look inside" in last_stderr_line(refused)
     assert math.isfinite(baseline["loss"])
+
+
+EFFICIENT = ["experiment=smoke", "model=efficient_capsnet", "optimizer.lr=0.003"]  # 256 digits, 8 steps
+
+
+def test_efficient_capsnet_sweep_on_two_replicas_then_eval_and_visualize(tmp_path):
+    """model=efficient_capsnet through `train -m` (one job, MirroredStrategy on 2 logical CPUs, so
+    its synchronised batch norms run distributed), then eval and visualize of that job."""
+    sweep = tmp_path / "sweep"
+    ok(run_cli("train", "-m", *EFFICIENT, "trainer.cpu_devices=2", f"hydra.sweep.dir={sweep}",
+               "hydra.sweep.subdir=job"))
+    run = sweep / "job"
+    assert "with 2 replica(s)" in (run / "train.log").read_text()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["global_step"] == 256 // 32
+    assert math.isfinite(metrics["history"][0]["train_margin_loss"])
+    evaluated = ok(run_cli("eval", f"run_dir={run}"))
+    result = json.loads((run / "eval.json").read_text())
+    assert result["model"] == "efficient_capsnet" and result["reconstruction_error"] is not None
+    assert f"{result['test_error_percent']:.2f}" in evaluated.stdout
+    rows, lengths = read_csv(run / "eval_predictions.csv")
+    assert len(rows) == 128 and np.all((lengths > 0) & (lengths < 1))  # capsule lengths, squashed below 1
+    shown = ok(run_cli("visualize", f"run_dir={run}"))
+    for name in ("reconstructions.png", "perturbations.png", "capsule_lengths.png"):
+        assert f"{run / name} (" in shown.stdout and (run / name).stat().st_size > 0

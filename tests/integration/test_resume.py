@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -99,3 +100,22 @@ def test_two_deterministic_runs_give_identical_losses(tmp_path):
         assert run_cli("train", *args, f"hydra.run.dir={tmp_path / name}").returncode == 0
     losses_a, losses_b = scalars(tmp_path / "a", "train/loss"), scalars(tmp_path / "b", "train/loss")
     assert len(losses_a) == 16 and losses_a == losses_b
+
+
+@pytest.mark.slow
+def test_efficient_capsnet_resumes_to_the_weights_and_batch_norm_statistics_of_a_straight_run(tmp_path):
+    """Batch norm's moving statistics are checkpointed and restored with the weights: 1 epoch, then
+    `resume` to 2 epochs, ends bit-identical to 2 epochs straight (trainer.deterministic=true)."""
+    args = ["experiment=smoke", "model=efficient_capsnet", "trainer.deterministic=true"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert run_cli("train", *args, "epochs=2", f"hydra.run.dir={straight}").returncode == 0
+    assert run_cli("train", *args, "epochs=1", f"hydra.run.dir={resumed}").returncode == 0
+    result = run_cli("train", f"resume={resumed}", "epochs=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from" in (resumed / "train.log").read_text()
+    expected, actual = checkpoint_values(straight), checkpoint_values(resumed)
+    assert expected.keys() == actual.keys()
+    assert any("moving_variance" in name for name in expected), sorted(expected)
+    del expected["save_counter/.ATTRIBUTES/VARIABLE_VALUE"]  # the resumed run saved once more (its first end)
+    for name in expected:
+        np.testing.assert_array_equal(expected[name], actual[name], err_msg=name)

@@ -7,10 +7,10 @@ from capsrun.errors import CapsrunError
 
 
 @pytest.mark.parametrize("override,options,closest", [
-    ("experiment=smok", "affine_robustness, cifar10, demo, fashion_mnist, multimnist, smoke, table1",
+    ("experiment=smok", "affine_robustness, cifar10, demo, efficient_capsnet, fashion_mnist, multimnist, smoke, table1",
      "experiment=smoke"),
     ("data=mnsit", "affnist, cifar10, fashion_mnist, folder, mnist, multimnist, npz", "data=mnist"),
-    ("model=capsnett", "baseline_cnn, capsnet", "model=capsnet"),
+    ("model=capsnett", "baseline_cnn, capsnet, efficient_capsnet", "model=capsnet"),
 ])
 def test_a_missing_group_option_lists_the_options_and_the_closest(override, options, closest):
     with pytest.raises(CapsrunError) as error:
