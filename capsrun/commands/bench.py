@@ -52,8 +52,8 @@ def check_bench_config(cfg: DictConfig) -> None:
     for name in cfg.routings or []:
         if name not in ROUTINGS:
             close = difflib.get_close_matches(name, list(ROUTINGS), n=1)
-            raise CapsrunError(f"routings: unknown routing '{name}'" + (f"; did you mean '{close[0]}'?" if close else "")
-                               + f" (choose from {', '.join(ROUTINGS)})")
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise CapsrunError(f"routings: unknown routing '{name}'{hint} (choose from {', '.join(ROUTINGS)})")
     if cfg.model.name != "capsnet":
         raise CapsrunError(f"capsrun bench measures CapsNets; model.name must be 'capsnet', got '{cfg.model.name}'")
     train_view = OmegaConf.merge(OmegaConf.structured(Config), {

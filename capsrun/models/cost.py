@@ -146,7 +146,20 @@ def count_macs(model: keras.Model) -> Optional[int]:
         return None
 
 
-def model_cost(model: Any) -> Dict[str, Optional[int]]:
-    """{"parameters": weights of the model, "macs_per_image": `count_macs`}: the static numbers of
-    a run, written into its metrics.json."""
-    return {"parameters": int(model.count_params()), "macs_per_image": count_macs(model)}
+def model_routing(model: keras.Model) -> Optional[str]:
+    """The ROUTINGS name of the routing layer inside the model, or None for a model without one
+    (the baseline CNN)."""
+    layers = [model]
+    while layers:
+        layer = layers.pop(0)
+        if isinstance(layer, RoutingLayer):
+            return _routing_name(layer)
+        layers += _sublayers(layer)
+    return None
+
+
+def model_cost(model: Any) -> Dict[str, Any]:
+    """{"parameters": weights of the model, "macs_per_image": `count_macs`, "routing":
+    `model_routing`}: the static numbers of a run, written into its metrics.json."""
+    return {"parameters": int(model.count_params()), "macs_per_image": count_macs(model),
+            "routing": model_routing(model)}

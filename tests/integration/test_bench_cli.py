@@ -56,7 +56,8 @@ def test_bench_command_prints_the_table_and_writes_bench_json(tmp_path):
         assert row["layer_vs_plain"] == pytest.approx(row["plain"]["ms_per_step"] / row["layer"]["ms_per_step"])
         assert row["layer_vs_dynamic"] == pytest.approx(
             row["layer"]["ms_per_step"] / routings["rows"]["dynamic"]["layer"]["ms_per_step"])
-        assert row["parameters"] == tiny.count_params() + (10 * 72 if name == "self_attention" else 0)  # prior [J, I], I = 6 * 6 * 2
+        prior = 10 * 72 if name == "self_attention" else 0  # its prior [J, I], I = 6 * 6 * 2 primary capsules
+        assert row["parameters"] == tiny.count_params() + prior
         assert row["macs_per_image"] > 0
     table = result.stdout.split("routings at batch 4", 1)[1].splitlines()
     assert [line.split()[0] for line in table[2:4]] == ["dynamic", "self_attention"]

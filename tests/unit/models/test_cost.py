@@ -25,7 +25,7 @@ def test_paper_capsnet_macs_by_layer():
         "decoder/pixels": 1024 * 784, "decoder/fc2": 512 * 1024, "decoder/fc1": 160 * 512,
     }
     assert count_macs(model) == conv1 + primary + votes + routing + decoder == 203_202_560
-    assert model_cost(model) == {"parameters": 8_215_568, "macs_per_image": 203_202_560}
+    assert model_cost(model) == {"parameters": 8_215_568, "macs_per_image": 203_202_560, "routing": "dynamic"}
 
 
 @pytest.mark.parametrize("routing, iterations, contractions", [
@@ -40,6 +40,7 @@ def test_routing_macs_of_a_small_capsnet(routing, iterations, contractions):
     expected = 12 * 12 * 81 * 8 + 2 * 2 * 81 * 8 * 16 + 8 * 10 * 16 * 8 + contractions * 10 * 8 * 16 \
         + 160 * 16 + 16 * 400
     assert count_macs(model) == expected
+    assert model_cost(model)["routing"] == routing
 
 
 def test_every_routing_has_a_mac_count():
@@ -61,7 +62,7 @@ def test_baseline_cnn_macs():
     }
     assert macs_by_layer(model) == expected
     assert count_macs(model) == 1_964_756_352
-    assert model_cost(model)["parameters"] == 35_445_522
+    assert model_cost(model)["parameters"] == 35_445_522 and model_cost(model)["routing"] is None
 
 
 def test_depthwise_and_grouped_convolutions_and_unknown_layers():
