@@ -203,8 +203,11 @@ def is_comparison(keys: Sequence[str]) -> bool:
     return X_KEY not in keys and any(key in keys for key in COMPARISON_KEYS)
 
 
-def _count(value: Optional[float], scale: float, unit: str) -> str:
-    return "n/a" if value is None else f"{value / scale:,.{0 if scale == 1 else 1}f}{unit}"
+def _count(value: Optional[float], millions: bool = False) -> str:
+    """A count with thousands separators; in millions (one decimal) from 10M on when `millions`."""
+    if value is None:
+        return "n/a"
+    return f"{value / 1e6:,.1f}M" if millions and value >= 1e7 else f"{int(value):,}"
 
 
 def comparison_table(rows: Sequence[dict], keys: Sequence[str]) -> str:
@@ -224,7 +227,7 @@ def comparison_table(rows: Sequence[dict], keys: Sequence[str]) -> str:
         speed = row["images_per_second_stats"]
         cells = [row["model"] or "n/a", row["routing"] or "-",
                  *([", ".join(f"{names[key]}={row['values'][key]}" for key in others)] if others else []), n,
-                 _count(row["parameters"], 1, ""), _count(row["macs_per_image"], 1e6, "M"),
+                 _count(row["parameters"]), _count(row["macs_per_image"], millions=True),
                  _pm(speed, 0) if speed[0] is not None else "n/a", _pm(row["test_error"], 2),
                  *(_pm(row["extra_test_accuracies"].get(name, (None, None)), 2) for name in extras),
                  _pm(row["best_val_accuracy"], 2)]
