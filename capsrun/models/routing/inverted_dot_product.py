@@ -66,7 +66,8 @@ class InvertedDotProductRouting(RoutingLayer):
             coupling = tf.fill(tf.shape(view.votes)[:3], tf.constant(1.0 / num_outputs, view.dtype))
             parents = layer_norm(view.mean_sum(1.0 / num_outputs), gamma, beta)
             for _ in range(rounds - 1):
-                coupling = softmax_over_outputs(view.dot(parents) * tf.constant(scale, view.dtype))
+                # (u . p) / sqrt(D) as u . (p / sqrt(D)): the scale on [B, J, D], not on [B, J, I]
+                coupling = softmax_over_outputs(view.dot(parents * tf.constant(scale, view.dtype)))
                 parents = layer_norm(view.weighted_sum(coupling), gamma, beta)
             return parents, coupling
 

@@ -82,7 +82,7 @@ class SelfAttentionRouting(RoutingLayer):
 
         def body(view: Votes, prior: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
             total = view.mean_sum(1.0)  # sum_k u_hat_j|k  [B, J, D]
-            agreement = view.dot(total) * tf.constant(scale, view.dtype)  # a_ij  [B, J, I]
+            agreement = view.dot(total * tf.constant(scale, view.dtype))  # a_ij [B, J, I], scaled on [B, J, D]
             coupling = softmax_over_outputs(agreement) + prior
             return squash_parents(view.weighted_sum(coupling)), coupling
 
