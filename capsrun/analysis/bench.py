@@ -4,7 +4,8 @@ In one process and one run, for every batch size, on a real batch of the trainin
 capsrun's train and eval steps, the same steps of the plain reference CapsNet
 (capsrun/models/reference.py: same parameters, weights and loss), the convolutions alone (the
 conv-only bound), the digit-capsule layers alone (the timing split; see `model_steps`), and the
-input pipeline alone. The steps are timed round-robin (see `measure_interleaved`); ms/step is the
+input pipeline alone; then, at `routing_batch_size`, every routing of `routings` (see
+`routing_contestants`). The steps are timed round-robin (see `measure_interleaved`); ms/step is the
 median of `timed_steps` steps after `warmup_steps`, images/s = batch size / median; memory is the
 process's peak resident set size during each row's warm-up. docs/performance.md explains.
 
@@ -25,14 +26,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from capsrun.data import pipeline
 from capsrun.data.pipeline import unpack
 from capsrun.data.splits import DataSplits, load_splits
 from capsrun.errors import CapsrunError
 from capsrun.models.base import InputSpec
-from capsrun.models.reference import build_reference
+from capsrun.models.cost import count_macs
+from capsrun.models.reference import build_reference, plain_route
 from capsrun.models.registry import build_model
 from capsrun.training.distribute import setup_devices, use_jit
 from capsrun.training.steps import batch_sums
@@ -65,19 +67,25 @@ RATIOS = [  # (key, label, numerator row, denominator row, format)
 ]
 
 
+ROUTING_COLUMNS = "routing", "layer ms", "plain ms", "vs plain", "vs dynamic", "train img/s", "train ms"
+"""Columns of the routing table (`format_routing_table`)."""
+
+
 def run_bench(cfg: DictConfig) -> dict:
     """All measurements of `cfg`; returns the report (a JSON-ready dict)."""
     setup_devices(cfg.trainer, cfg.seed)
     splits = load_splits(cfg.data, cfg.seed)
     if splits.num_targets != 1:
         raise CapsrunError("capsrun bench needs one label per image; choose another data set than multimnist")
-    if len(splits.train) < max(cfg.batch_sizes):
-        raise CapsrunError(f"only {len(splits.train)} training images for batch size {max(cfg.batch_sizes)}")
+    largest = max([*cfg.batch_sizes, *([cfg.routing_batch_size] if cfg.routings else [])])
+    if len(splits.train) < largest:
+        raise CapsrunError(f"only {len(splits.train)} training images for batch size {largest}")
     jit = use_jit(cfg.trainer)
     report = {"machine": machine_info(), "load_average_before": list(os.getloadavg()), "config": {
         "batch_sizes": list(cfg.batch_sizes), "warmup_steps": cfg.warmup_steps, "timed_steps": cfg.timed_steps,
         "mixed_precision": cfg.trainer.mixed_precision, "jit_compile": jit, "data": cfg.data.name,
-        "routing_iterations": cfg.model.routing_iterations,
+        "routing_iterations": cfg.model.routing_iterations, "routings": list(cfg.routings or []),
+        "routing_batch_size": cfg.routing_batch_size,
     }}
     by_size = {}
     for batch_size in sorted(set(cfg.batch_sizes), reverse=True):  # the largest first, in a fresh process
@@ -93,6 +101,8 @@ def run_bench(cfg: DictConfig) -> dict:
                              for key, _, top, bottom, _ in RATIOS if top in results and bottom in results}
         by_size[batch_size] = results
     report["results"] = [by_size[batch_size] for batch_size in cfg.batch_sizes]
+    if cfg.routings:
+        report["routings"] = run_routings(cfg, splits, jit)
     report["load_average_after"] = list(os.getloadavg())
     report["peak_rss_mib_process"] = _process_peak_mib()
     return report
@@ -107,6 +117,7 @@ def _contestants(cfg: DictConfig, splits: DataSplits, batch: tuple, batch_size: 
     spec = InputSpec(splits.image_shape, splits.num_classes)
     model = build_model(cfg.model, cfg.loss, spec)
     report["parameters"] = int(model.count_params())
+    report["macs_per_image"] = count_macs(model)
     primary = model.primary_caps(model.conv1(unpack(batch)[0]))  # u [B, I, K]: input of the digit-caps rows
     networks = [("capsrun", model)]
     if cfg.include_reference:
@@ -125,6 +136,67 @@ def _contestants(cfg: DictConfig, splits: DataSplits, batch: tuple, batch_size: 
         if cfg.include_digit_caps:
             rows.append((f"digit_caps_{name}", steps["digit_caps"], primary))
     return [(key, tf.function(step, jit_compile=jit, reduce_retracing=True), inputs) for key, step, inputs in rows]
+
+
+def run_routings(cfg: DictConfig, splits: DataSplits, jit: bool) -> dict:
+    """The routing rows: for every name of `cfg.routings`, at `cfg.routing_batch_size`, the
+    routing layer alone (its fast form) and its plain autodiff form, forward and backward, and the
+    CapsNet's training step with that routing, all timed round-robin in one `measure_interleaved`.
+    Returns {"batch_size", "rows": {routing: {"layer", "plain", "train": measurements,
+    "layer_vs_plain": plain ms / layer ms, "layer_vs_dynamic": layer ms / dynamic's layer ms
+    (when dynamic is measured), "parameters", "macs_per_image"}}, "other_processes_cpu_share"}."""
+    batch_size = cfg.routing_batch_size
+    batch = next(iter(pipeline.train_dataset(splits.train, batch_size, cfg.seed, 0, cfg.data.shift_pixels)))
+    contestants, models = routing_contestants(cfg, splits, batch, batch_size, jit)
+    measured = measure_interleaved(contestants, batch_size, cfg.warmup_steps, cfg.timed_steps)
+    rows = {}
+    for name, model in models.items():
+        row = {part: measured[f"{part}_{name}"] for part in ("layer", "plain", "train")}
+        row["layer_vs_plain"] = row["plain"]["ms_per_step"] / row["layer"]["ms_per_step"]
+        row.update(parameters=int(model.count_params()), macs_per_image=count_macs(model))
+        rows[name] = row
+    if "dynamic" in rows:
+        for row in rows.values():
+            row["layer_vs_dynamic"] = row["layer"]["ms_per_step"] / rows["dynamic"]["layer"]["ms_per_step"]
+    return {"batch_size": batch_size, "rows": rows,
+            "other_processes_cpu_share": measured.get("other_processes_cpu_share")}
+
+
+def routing_contestants(cfg: DictConfig, splits: DataSplits, batch: tuple, batch_size: int,
+                        jit: bool) -> Tuple[List[tuple], Dict[str, Any]]:
+    """([(row, compiled step, its input)], {routing: its CapsNet}) for the routing rows: per
+    routing `layer_NAME` and `plain_NAME` on the votes u_hat float32 [B, J, I, D] of one real batch
+    (the CapsNet's own, from its digit capsules) and `train_NAME` on the batch."""
+    keras.backend.clear_session()
+    gc.collect()
+    steps_per_epoch = max(len(splits.train) // batch_size, 1)
+    spec = InputSpec(splits.image_shape, splits.num_classes)
+    rows, models = [], {}
+    for name in cfg.routings:
+        model = build_model(OmegaConf.merge(cfg.model, {"routing": name}), cfg.loss, spec)
+        models[name] = model
+        router = model.digit_caps.router
+        votes = model.digit_caps.votes(model.primary_caps(model.conv1(unpack(batch)[0])))
+        optimizer = make_optimizer(cfg.optimizer, steps_per_epoch, cfg.trainer.mixed_precision)
+        rows += [(f"layer_{name}", routing_step(router, router), votes),
+                 (f"plain_{name}", routing_step(lambda v, n=name, r=router: plain_route(n, r, v), router), votes),
+                 (f"train_{name}", model_steps(model, optimizer, batch_size)["train"], batch)]
+    compiled = [(key, tf.function(step, jit_compile=jit, reduce_retracing=True), inputs) for key, step, inputs in rows]
+    return compiled, models
+
+
+def routing_step(route: Any, layer: Any) -> Any:
+    """route(votes [B, J, I, D]) -> (parents, coupling) forward and backward: the gradients of a
+    loss of the parents with respect to the votes and every weight of the routing `layer`; one
+    scalar back (fetching it makes sure the work is done)."""
+    def step(votes: tf.Tensor) -> tf.Tensor:
+        with tf.GradientTape() as tape:
+            tape.watch(votes)
+            loss = tf.reduce_sum(tf.square(route(votes)[0]))
+        gradients = tape.gradient(loss, [votes, *layer.trainable_weights])
+        return tf.add_n([loss] + [tf.reduce_sum(g) for g in gradients])
+
+    return step
 
 
 def model_steps(model: Any, optimizer: Any, batch_size: int) -> Dict[str, Any]:
@@ -303,7 +375,9 @@ def format_table(report: dict) -> str:
     lines = [
         f"capsrun bench: {device}, TensorFlow {machine['tensorflow']}, precision {config['mixed_precision']}, "
         f"XLA {'on' if config['jit_compile'] else 'off'}",
-        f"CapsNet with {report['parameters']:,} parameters, {config['routing_iterations']} routing iterations; "
+        f"CapsNet with {report['parameters']:,} parameters"
+        + (f", {report['macs_per_image'] / 1e6:,.1f}M MACs per image" if report.get("macs_per_image") else "")
+        + f", {config['routing_iterations']} routing iterations; "
         f"ms/step = median of {config['timed_steps']} steps after {config['warmup_steps']} warm-up steps",
         "",
         f"{'':32}" + "".join(f"{'batch ' + str(r['batch_size']):>28}" for r in results),
@@ -322,6 +396,26 @@ def format_table(report: dict) -> str:
         if max(shares) > 0.05:
             lines += ["", "note: other processes used the CPUs while timing: absolute numbers are pessimistic; "
                           "the ratios (steps timed round-robin) suffer less"]
+    if report.get("routings"):
+        lines += ["", format_routing_table(report["routings"])]
+    return "\n".join(lines)
+
+
+def format_routing_table(routings: dict) -> str:
+    """The routing rows as a text table: per routing the layer's forward + backward (its fast form)
+    and the plain autodiff form in ms/step, their ratio, the layer against dynamic routing's, and
+    the CapsNet's training step."""
+    lines = [f"routings at batch {routings['batch_size']} (routing layer = votes -> parents, forward + backward; "
+             "vs plain = plain ms / layer ms; vs dynamic = layer ms / dynamic's)",
+             f"{ROUTING_COLUMNS[0]:24}" + "".join(f"{column:>12}" for column in ROUTING_COLUMNS[1:])]
+    for name, row in routings["rows"].items():
+        versus = row.get("layer_vs_dynamic")
+        lines.append(f"{name:24}{row['layer']['ms_per_step']:12.1f}{row['plain']['ms_per_step']:12.1f}"
+                     f"{row['layer_vs_plain']:11.2f}x" + (f"{versus:11.2f}x" if versus is not None else f"{'-':>12}")
+                     + f"{row['train']['images_per_second']:12.1f}{row['train']['ms_per_step']:12.1f}")
+    share = routings.get("other_processes_cpu_share")
+    if share is not None:
+        lines.append(f"{'other processes, share of CPU':36}{share:>12.0%}")
     return "\n".join(lines)
 
 

@@ -3,7 +3,8 @@ keys the sweep varied other than the seed, as Markdown, CSV and a figure.
 
 Reads each job's `.hydra/config.yaml`, `metrics.json` and `eval.json` (layout in
 capsrun.training.run_folder). A job is a finished training run; its test numbers come from
-`capsrun eval`.
+`capsrun eval`. A sweep over models and routings (`is_comparison`) gets one row per model and
+routing with its parameters, MACs per image and speed, and an error / speed trade-off figure.
 """
 import csv
 import difflib
@@ -111,6 +112,25 @@ def _stats(values: Sequence[Optional[float]]) -> Tuple[Optional[float], Optional
     return mean, std
 
 
+def _first(values) -> Any:
+    return next((value for value in values if value is not None), None)
+
+
+def _accuracy(error_stats: tuple) -> tuple:
+    """(mean, std) of accuracy % from (mean, std) of error %: 100 - mean, the same std."""
+    mean, std = error_stats
+    return (None if mean is None else 100.0 - mean), std
+
+
+def job_routing(job: Job) -> Optional[str]:
+    """The routing the job's model used: metrics.json's `routing` (the routing layer found in the
+    built model, None for a model without one, e.g. baseline_cnn); for runs trained before that
+    field existed, `model.routing` of a CapsNet, else None."""
+    if "routing" in job.metrics:
+        return job.metrics["routing"]
+    return job.config.get("model.routing") if job.config.get("model.name") == "capsnet" else None
+
+
 def summarise(jobs: Sequence[Job], keys: Sequence[str]) -> List[dict]:
     """One row per setting: the group's values and statistics over its runs (sample std)."""
     groups = {}
@@ -137,6 +157,12 @@ def summarise(jobs: Sequence[Job], keys: Sequence[str]) -> List[dict]:
             "best_val_accuracy": _stats(val),
             "best_val_accuracy_max": max(val) if val else None,
             "images_per_second": _stats([job.metrics.get("images_per_second") for job in group])[0],
+            "images_per_second_stats": _stats([job.metrics.get("images_per_second") for job in group]),
+            "extra_test_accuracies": {name: _accuracy(stats) for name, stats in extra.items()},
+            "parameters": _first(job.metrics.get("parameters") for job in group),
+            "macs_per_image": _first(job.metrics.get("macs_per_image") for job in group),
+            "model": group[0].config.get("model.name"),
+            "routing": job_routing(group[0]),
             "jobs": [job.name for job in group],
         })
     return sorted(rows, key=lambda row: [_sort_value(row["values"][key]) for key in keys])
@@ -169,6 +195,55 @@ def markdown_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+COMPARISON_KEYS = ("model.name", "model.routing")
+"""A sweep that varies these (and not the routing iterations) is a comparison of models and
+routings: `is_comparison`."""
+
+
+def is_comparison(keys: Sequence[str]) -> bool:
+    """True for a sweep over models and/or routings (experiment=routing_comparison): its table is
+    `comparison_table` and its figure the error / speed trade-off (`tradeoff_png`)."""
+    return X_KEY not in keys and any(key in keys for key in COMPARISON_KEYS)
+
+
+def _count(value: Optional[float], millions: bool = False) -> str:
+    """A count with thousands separators; in millions (one decimal) from 10M on when `millions`."""
+    if value is None:
+        return "n/a"
+    return f"{value / 1e6:,.1f}M" if millions and value >= 1e7 else f"{int(value):,}"
+
+
+def comparison_table(rows: Sequence[dict], keys: Sequence[str]) -> str:
+    """One row per model and routing (and value of any other swept key): parameters, MACs per
+    image, training images/s, test error % and the accuracy % on every extra test set (mean ± std
+    over the seeds). A model without a routing shows `-` as its routing."""
+    extras = extra_test_names(rows)
+    others = [key for key in keys if key not in COMPARISON_KEYS]
+    names = _short_names(others)
+    columns = ["model", "routing", *(["setting"] if others else []), "n runs", "parameters", "MACs / image",
+               "train images/s", "test error % (mean ± std)",
+               *(f"{name} accuracy % (mean ± std)" for name in extras), "best val. accuracy % (mean ± std)"]
+    lines = ["| " + " | ".join(columns) + " |", "| --- | --- |" + (" --- |" if others else "")
+             + " ---: |" * (len(columns) - 2 - bool(others))]
+    for row in rows:
+        n = f"{row['n_runs']}" + ("" if row["n_evaluated"] == row["n_runs"] else f" ({row['n_evaluated']} evaluated)")
+        speed = row["images_per_second_stats"]
+        cells = [row["model"] or "n/a", row["routing"] or "-",
+                 *([", ".join(f"{names[key]}={row['values'][key]}" for key in others)] if others else []), n,
+                 _count(row["parameters"]), _count(row["macs_per_image"], millions=True),
+                 _pm(speed, 0) if speed[0] is not None else "n/a", _pm(row["test_error"], 2),
+                 *(_pm(row["extra_test_accuracies"].get(name, (None, None)), 2) for name in extras),
+                 _pm(row["best_val_accuracy"], 2)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def results_table(rows: Sequence[dict], keys: Sequence[str]) -> str:
+    """The table of the report: `comparison_table` for a model / routing comparison, else
+    `markdown_table` (Table 1's shape)."""
+    return comparison_table(rows, keys) if is_comparison(keys) else markdown_table(rows)
+
+
 def markdown_report(sweep: Path, jobs: Sequence[Job], keys: Sequence[str], rows: Sequence[dict], skipped: int) -> str:
     evaluated = sum(job.evaluation is not None for job in jobs)
     seeds = sorted({job.config.get("seed") for job in jobs})
@@ -180,8 +255,13 @@ def markdown_report(sweep: Path, jobs: Sequence[Job], keys: Sequence[str], rows:
         f"seeds {', '.join(map(str, seeds))}.",
         "Test error: `capsrun eval` (eval.json) of each job; mean ± sample standard deviation over the runs of a "
         "setting. Best validation accuracy: each run's best epoch (metrics.json). images/s: training throughput "
-        "of the last epoch, mean over the runs.", "",
-        markdown_table(rows), "", "## Jobs", "",
+        "of the last epoch, mean over the runs."
+        + (" Parameters and MACs per image (multiply-accumulates of one forward pass, from the layer shapes; "
+           "capsrun.models.cost): metrics.json; accuracy on the extra test sets = 100 - their error; "
+           "routing `-`: the model has none." if is_comparison(keys) else ""), "",
+        results_table(rows, keys), "",
+        *(["### Test errors by setting", "", markdown_table(rows), ""] if is_comparison(keys) else []),
+        "## Jobs", "",
         "| job | seed | test error % | best val. accuracy % | images/s | checkpoint step |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
@@ -203,14 +283,20 @@ def csv_report(rows: Sequence[dict], keys: Sequence[str]) -> str:
                      "test_error_percent_std", *(f"{name}_test_error_percent_{stat}" for name in extras
                                                  for stat in ("mean", "std")),
                      "best_val_accuracy_percent_mean", "best_val_accuracy_percent_std",
-                     "best_val_accuracy_percent_max", "images_per_second_mean", "jobs"])
+                     "best_val_accuracy_percent_max", "images_per_second_mean", "images_per_second_std",
+                     *(f"{name}_accuracy_percent_{stat}" for name in extras for stat in ("mean", "std")),
+                     "parameters", "macs_per_image", "model", "routing", "jobs"])
     for row in rows:
         extra = [value for name in extras for value in row["extra_test_errors"].get(name, (None, None))]
+        accuracy = [value for name in extras for value in row["extra_test_accuracies"].get(name, (None, None))]
         cells = [row["test_error"][0], row["test_error"][1], *extra, row["best_val_accuracy"][0],
-                 row["best_val_accuracy"][1], row["best_val_accuracy_max"], row["images_per_second"]]
+                 row["best_val_accuracy"][1], row["best_val_accuracy_max"], *row["images_per_second_stats"],
+                 *accuracy]
         numbers = ["" if cell is None else repr(float(cell)) for cell in cells]
+        counts = ["" if cell is None else int(cell) for cell in (row["parameters"], row["macs_per_image"])]
         writer.writerow([row["setting"], *[row["values"][key] for key in keys], row["n_runs"], row["n_evaluated"],
-                         " ".join(map(str, row["seeds"])), *numbers, " ".join(row["jobs"])])
+                         " ".join(map(str, row["seeds"])), *numbers, *counts, row["model"] or "",
+                         row["routing"] or "-", " ".join(row["jobs"])])
     return text.getvalue()
 
 
@@ -267,3 +353,54 @@ def figure_png(rows: Sequence[dict], keys: Sequence[str], title: str, dpi: int) 
     out = io.BytesIO()
     figure.savefig(out, format="png", dpi=dpi)
     return out.getvalue()
+
+
+def row_label(row: dict) -> str:
+    """model/routing of a comparison row (the model alone without a routing), plus any other swept value."""
+    extra = [f"{key.rsplit('.', 1)[-1]}={value}" for key, value in row["values"].items() if key not in COMPARISON_KEYS]
+    return (row["model"] if row["routing"] is None else f"{row['model']}/{row['routing']}") \
+        + (f" ({', '.join(extra)})" if extra else "")
+
+
+def tradeoff_png(rows: Sequence[dict], title: str, dpi: int) -> bytes:
+    """report.png of a comparison: test error % (validation error where no job was evaluated)
+    against training images/s, one labelled point per model / routing, error bars = std over the
+    seeds in both directions. Rows without images/s or an error are left out."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy: only when the figure is drawn
+    from matplotlib.figure import Figure
+
+    use_test = any(row["test_error"][0] is not None for row in rows)
+    figure = Figure(figsize=(7.2, 4.8))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    colours = {}
+    for row in rows:
+        mean, std = row["test_error"] if use_test else _accuracy(row["best_val_accuracy"])
+        speed, speed_std = row["images_per_second_stats"]
+        if mean is None or speed is None:
+            continue
+        marker = "s" if row["routing"] is None else "o"  # squares: models without a routing
+        colour = colours.setdefault(row["model"], (f"C{len(colours)}", marker))[0]
+        axes.errorbar([speed], [mean], yerr=[std or 0.0], xerr=[speed_std or 0.0], marker=marker, color=colour,
+                      capsize=4, linestyle="none")
+        axes.annotate(row_label(row), (speed, mean), textcoords="offset points", xytext=(6, 5), fontsize=8)
+    for model, (colour, marker) in colours.items():
+        axes.plot([], [], marker=marker, color=colour, linestyle="none", label=model)
+    axes.set_xlabel("training images/s (last epoch; mean ± std over seeds)")
+    axes.set_ylabel(("test" if use_test else "validation (no eval.json)") + " error %")
+    runs = sorted({row["n_runs"] for row in rows})
+    axes.set_title(f"Error against speed: {title}\nmean ± std over {'/'.join(map(str, runs))} run(s) per point; "
+                   "lower right is better", fontsize=10)
+    axes.margins(x=0.25, y=0.2)
+    axes.grid(alpha=0.3)
+    if colours:
+        axes.legend(fontsize=8)
+    figure.tight_layout()
+    out = io.BytesIO()
+    figure.savefig(out, format="png", dpi=dpi)
+    return out.getvalue()
+
+
+def report_png(rows: Sequence[dict], keys: Sequence[str], title: str, dpi: int) -> bytes:
+    """report.png: `tradeoff_png` for a model / routing comparison, else `figure_png`."""
+    return tradeoff_png(rows, title, dpi) if is_comparison(keys) else figure_png(rows, keys, title, dpi)

@@ -3,6 +3,7 @@
 conf/bench.yaml configures it; capsrun.analysis.bench measures; docs/performance.md explains the
 rows and the results on the development machine.
 """
+import difflib
 from pathlib import Path
 from typing import List
 
@@ -13,6 +14,7 @@ from capsrun.commands.frontend import CommandSpec, command_config
 from capsrun.config.schema import Config
 from capsrun.config.validation import validate
 from capsrun.errors import CapsrunError
+from capsrun.models.routing import ROUTINGS
 
 SPEC = CommandSpec("bench", "[key=value ...]", path_keys=frozenset({"output"}),
                    groups=frozenset({"data", "model", "loss", "optimizer", "trainer"}))
@@ -45,6 +47,13 @@ def check_bench_config(cfg: DictConfig) -> None:
             raise CapsrunError(f"{key} must be >= 1, got {cfg[key]}")
     if not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
         raise CapsrunError(f"batch_sizes must be a non-empty list of sizes >= 1, got {list(cfg.batch_sizes)}")
+    if cfg.routing_batch_size < 1:
+        raise CapsrunError(f"routing_batch_size must be >= 1, got {cfg.routing_batch_size}")
+    for name in cfg.routings or []:
+        if name not in ROUTINGS:
+            close = difflib.get_close_matches(name, list(ROUTINGS), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise CapsrunError(f"routings: unknown routing '{name}'{hint} (choose from {', '.join(ROUTINGS)})")
     if cfg.model.name != "capsnet":
         raise CapsrunError(f"capsrun bench measures CapsNets; model.name must be 'capsnet', got '{cfg.model.name}'")
     train_view = OmegaConf.merge(OmegaConf.structured(Config), {

@@ -7,7 +7,10 @@ jobs by the keys the sweep varied other than the seed, and writes into the sweep
               accuracy, training images/s; then one line per job
   report.csv  the same per setting, full precision
   report.png  test error by routing iterations, error bars over seeds, one series per value of
-              the other swept keys (reconstruction off / on for Table 1)
+              the other swept keys (reconstruction off / on for Table 1); for a sweep over models
+              and routings (experiment=routing_comparison) one row per model and routing with
+              parameters, MACs per image, images/s, test and affine accuracy, and the figure of
+              test error against images/s
 and prints the table.
 """
 import contextlib
@@ -18,11 +21,11 @@ from typing import List, Sequence
 from capsrun.analysis.report import (
     Job,
     csv_report,
-    figure_png,
     load_job,
     markdown_report,
-    markdown_table,
     read_json,
+    report_png,
+    results_table,
     setting_keys,
     summarise,
 )
@@ -74,9 +77,9 @@ def report_command(args: List[str]) -> int:
     rows = summarise(jobs, keys)
     files = {"report.md": markdown_report(sweep, jobs, keys, rows, len(loaded) - len(jobs)),
              "report.csv": csv_report(rows, keys),
-             "report.png": figure_png(rows, keys, f"{sweep.parent.name}/{sweep.name}", cfg.dpi)}
+             "report.png": report_png(rows, keys, f"{sweep.parent.name}/{sweep.name}", cfg.dpi)}
     for name, data in files.items():
         write_bytes_atomic(output / name, data.encode() if isinstance(data, str) else data)
-    print(markdown_table(rows))
+    print(results_table(rows, keys))
     print(f"wrote {', '.join(str(output / name) for name in files)}")
     return 0

@@ -227,6 +227,9 @@ class BenchConfig:
     include_conv_bound: bool = True
     include_digit_caps: bool = True
     pipeline_batches: int = 100
+    routings: Optional[List[str]] = field(default_factory=lambda: [
+        "dynamic", "uniform", "max_min", "self_attention", "inverted_dot_product"])
+    routing_batch_size: int = 128
     seed: int = 0
     output: str = "bench.json"
     data: DataConfig = field(default_factory=DataConfig)

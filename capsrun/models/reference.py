@@ -8,8 +8,15 @@ digit capsule layer is computed the way most public CapsNet code computes it:
   agreement as v tiled over the I primary capsules and another tf.matmul; autodiff gradients.
 `ReferenceCapsNet.copy_weights(capsnet)` makes it compute the same function as a CapsNet.
 Shapes: B batch, I primary capsules (1152 on MNIST), J classes, K = 8 and D = 16 capsule sizes.
+
+The plain forms of the routings (`plain_route(name, layer, votes)`, `PLAIN_ROUTINGS`): each
+routing of capsrun.models.routing written the straightforward way, as its equations read, with
+TensorFlow's autodiff as the only gradient (tf.nn.softmax, broadcast products and reduce_sum
+where the layers use batched matmuls, elementwise softmaxes and one-matmul gradients). They are
+the oracles of the layers' fast forms in the tests and their baseline in `capsrun bench`.
+Shapes: votes u_hat [B, J, I, D] -> (parents [B, J, D], coupling [B, J, I]), in the votes' dtype.
 """
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import keras
 import tensorflow as tf
@@ -19,6 +26,9 @@ from capsrun.models.capsnet import CapsNet
 from capsrun.models.layers import W_STDDEV
 from capsrun.models.losses import CapsuleLoss
 from capsrun.models.ops import EPSILON, top_labels
+from capsrun.models.routing.inverted_dot_product import LAYER_NORM_EPSILON
+from capsrun.models.routing.max_min import LOWER_BOUND, UPPER_BOUND
+from capsrun.models.routing.self_attention import SQUASHES
 
 
 def plain_squash(vectors: tf.Tensor, axis: int = -1) -> tf.Tensor:
@@ -46,15 +56,111 @@ class PlainDigitCaps(keras.layers.Layer):
         batch = tf.shape(inputs)[0]
         tiled = tf.tile(inputs[:, :, None, :, None], [1, 1, self.num_capsules, 1, 1])  # [B, I, J, K, 1]
         predictions = tf.matmul(self.kernel[None], tiled)  # [B, I, J, D, 1]
-        logits = tf.zeros([batch, self.num_inputs, self.num_capsules, 1, 1])
-        for iteration in range(self.routing_iterations):
-            coupling = tf.nn.softmax(logits, axis=2)
-            weighted = tf.reduce_sum(coupling * predictions, axis=1, keepdims=True)  # [B, 1, J, D, 1]
-            capsules = plain_squash(weighted, axis=-2)
-            if iteration < self.routing_iterations - 1:
-                tiled_capsules = tf.tile(capsules, [1, self.num_inputs, 1, 1, 1])  # [B, I, J, D, 1]
-                logits = logits + tf.matmul(predictions, tiled_capsules, transpose_a=True)
+        capsules, _ = _plain_agreement(predictions, self.routing_iterations)
         return tf.reshape(capsules, [batch, self.num_capsules, self.dim])
+
+
+def _plain_agreement(predictions: tf.Tensor, iterations: int) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Procedure 1 of Sabour et al. on u_hat [B, I, J, D, 1] as public code writes it: softmax,
+    multiply and reduce_sum as separate ops, the agreement as v tiled over the I inputs and a
+    tf.matmul. Returns (v [B, 1, J, D, 1], c [B, I, J, 1, 1] of the last iteration)."""
+    num_inputs = predictions.shape[1]
+    logits = tf.zeros_like(predictions[:, :, :, :1, :])  # [B, I, J, 1, 1]
+    for iteration in range(iterations):
+        coupling = tf.nn.softmax(logits, axis=2)
+        weighted = tf.reduce_sum(coupling * predictions, axis=1, keepdims=True)  # [B, 1, J, D, 1]
+        capsules = plain_squash(weighted, axis=-2)
+        if iteration < iterations - 1:
+            tiled_capsules = tf.tile(capsules, [1, num_inputs, 1, 1, 1])  # [B, I, J, D, 1]
+            logits = logits + tf.matmul(predictions, tiled_capsules, transpose_a=True)
+    return capsules, coupling
+
+
+def plain_dynamic_routing(votes: tf.Tensor, iterations: int) -> Tuple[tf.Tensor, tf.Tensor]:
+    """Routing-by-agreement (model.routing=dynamic) the way of PlainDigitCaps: the votes
+    [B, J, I, D] transposed to the paper's [B, I, J, D, 1], then `_plain_agreement`."""
+    capsules, coupling = _plain_agreement(tf.transpose(votes, [0, 2, 1, 3])[..., None], iterations)
+    return tf.squeeze(capsules, axis=[1, 4]), tf.transpose(tf.squeeze(coupling, axis=[3, 4]), [0, 2, 1])
+
+
+def _weighted_sum(coupling: tf.Tensor, votes: tf.Tensor) -> tf.Tensor:
+    """s_j = sum_i c_ij u_hat_j|i as a broadcast product and a sum: c [B, J, I] -> [B, J, D]."""
+    return tf.reduce_sum(coupling[..., None] * votes, axis=2)
+
+
+def _agreement(votes: tf.Tensor, parents: tf.Tensor) -> tf.Tensor:
+    """u_hat_j|i . p_j as a broadcast product and a sum: p [B, J, D] -> [B, J, I]."""
+    return tf.reduce_sum(votes * parents[:, :, None, :], axis=-1)
+
+
+def plain_uniform_routing(votes: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """model.routing=uniform: c = softmax(0) over the parents = 1 / J, v = squash(sum_i c u_hat)."""
+    coupling = tf.nn.softmax(tf.zeros_like(votes[..., 0]), axis=1)
+    return plain_squash(_weighted_sum(coupling, votes)), coupling
+
+
+def plain_max_min_routing(votes: tf.Tensor, iterations: int) -> Tuple[tf.Tensor, tf.Tensor]:
+    """model.routing=max_min: b = 0; r times c = lb + (ub - lb) (b - min_j b) / max(max_j b -
+    min_j b, EPSILON), v = squash(sum_i c u_hat), b += u_hat . v (not after the last)."""
+    logits = tf.zeros_like(votes[..., 0])
+    for iteration in range(iterations):
+        smallest = tf.reduce_min(logits, axis=1, keepdims=True)
+        spread = tf.maximum(tf.reduce_max(logits, axis=1, keepdims=True) - smallest, EPSILON)
+        coupling = LOWER_BOUND + (UPPER_BOUND - LOWER_BOUND) * (logits - smallest) / spread
+        parents = plain_squash(_weighted_sum(coupling, votes))
+        if iteration < iterations - 1:
+            logits = logits + _agreement(votes, parents)
+    return parents, coupling
+
+
+def plain_self_attention_routing(votes: tf.Tensor, log_prior: tf.Tensor,
+                                 squash: str = "paper") -> Tuple[tf.Tensor, tf.Tensor]:
+    """model.routing=self_attention: a_ij = sum_k u_hat_j|i . u_hat_j|k / sqrt(D) (each vote's
+    agreement with the sum of all votes for its parent: the row sums of the I x I matrices, which
+    at batch 128 would take 6.8 GB, so they are not formed; tests/unit/models/
+    test_routing_self_attention.py checks the I x I form in NumPy), c = softmax_j(a) + b [J, I],
+    v = squash(sum_i c u_hat)."""
+    total = tf.reduce_sum(votes, axis=2)  # [B, J, D]
+    agreement = _agreement(votes, total) / tf.sqrt(tf.cast(votes.shape[-1], votes.dtype))
+    coupling = tf.nn.softmax(agreement, axis=1) + log_prior
+    return SQUASHES[squash](_weighted_sum(coupling, votes)), coupling
+
+
+def plain_inverted_dot_product_routing(votes: tf.Tensor, iterations: int, gamma: tf.Tensor,
+                                       beta: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """model.routing=inverted_dot_product: p = 0; t times a = u_hat . p / sqrt(D), r = softmax_j(a),
+    p = gamma (s - mean(s)) / sqrt(var(s) + 1e-5) + beta with s = sum_i r u_hat (gamma, beta [D]);
+    the first round is computed from p = 0 like the others."""
+    parents = tf.zeros_like(votes[:, :, 0, :])
+    for _ in range(iterations):
+        agreement = _agreement(votes, parents) / tf.sqrt(tf.cast(votes.shape[-1], votes.dtype))
+        coupling = tf.nn.softmax(agreement, axis=1)
+        poses = _weighted_sum(coupling, votes)
+        mean, variance = tf.nn.moments(poses, axes=[-1], keepdims=True)
+        parents = gamma * (poses - mean) / tf.sqrt(variance + LAYER_NORM_EPSILON) + beta
+    return parents, coupling
+
+
+PLAIN_ROUTINGS: Dict[str, Callable[[Any, tf.Tensor], Tuple[tf.Tensor, tf.Tensor]]] = {
+    "dynamic": lambda layer, votes: plain_dynamic_routing(votes, layer.iterations),
+    "uniform": lambda layer, votes: plain_uniform_routing(votes),
+    "max_min": lambda layer, votes: plain_max_min_routing(votes, layer.iterations),
+    "self_attention": lambda layer, votes: plain_self_attention_routing(
+        votes, tf.cast(layer.log_prior, votes.dtype), layer.squash),
+    "inverted_dot_product": lambda layer, votes: plain_inverted_dot_product_routing(
+        votes, layer.iterations, tf.cast(layer.layer_norm.gamma, votes.dtype),
+        tf.cast(layer.layer_norm.beta, votes.dtype)),
+}
+"""`model.routing` name -> plain form(routing layer, votes): the layer's settings and weights,
+the equations computed plainly. One entry per name of capsrun.models.routing.ROUTINGS."""
+
+
+def plain_route(name: str, layer: Any, votes: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+    """(parents [B, J, D], coupling [B, J, I]) of the built routing layer `layer` (of routing
+    `name`) on votes [B, J, I, D], computed by its plain form with autodiff gradients."""
+    if name not in PLAIN_ROUTINGS:
+        raise ValueError(f"no plain form of routing '{name}'; add one to PLAIN_ROUTINGS")
+    return PLAIN_ROUTINGS[name](layer, votes)
 
 
 class ReferenceCapsNet(keras.Model):

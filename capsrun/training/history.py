@@ -13,11 +13,14 @@ VAL_HISTORY_KEYS = ("loss", "accuracy", "reconstruction_error")
 
 
 class RunHistory:
-    """The epochs of one run: `records` (one dict per epoch) and `write(summary)`."""
+    """The epochs of one run: `records` (one dict per epoch) and `write(summary)`. `static`: numbers
+    of the run that do not change (the model's `parameters` and `macs_per_image`), written into
+    every metrics.json before the history."""
 
-    def __init__(self, run_dir: PathLike):
+    def __init__(self, run_dir: PathLike, static: Optional[Dict[str, Any]] = None):
         self.path = Path(run_dir) / METRICS
         self.records: List[dict] = []
+        self.static = dict(static or {})
 
     def load(self, source_dir: PathLike, epochs_done: int) -> None:
         """Continues the history of a run folder: its records of the first `epochs_done` epochs."""
@@ -53,7 +56,9 @@ class RunHistory:
         }
 
     def write(self, metrics: dict) -> None:
-        write_json_atomic(self.path, metrics)
+        fields = {key: value for key, value in metrics.items() if key != "history"}
+        history = {"history": metrics["history"]} if "history" in metrics else {}
+        write_json_atomic(self.path, {**fields, **self.static, **history})
 
 
 def read_metrics(path: Path) -> Optional[dict]:

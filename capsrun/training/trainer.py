@@ -25,6 +25,7 @@ from capsrun.data.splits import DataSplits, load_splits
 from capsrun.errors import CapsrunError, TrainingDiverged, TrainingInterrupted
 from capsrun.logs import quiet_tensorflow
 from capsrun.models.base import InputSpec
+from capsrun.models.cost import model_cost
 from capsrun.models.registry import build_model
 from capsrun.numbers import percent
 from capsrun.training.checkpoints import RunCheckpoints, TrainingProgress, latest_checkpoint
@@ -93,7 +94,7 @@ class Trainer:
         self.evaluator = Evaluator(self.model, strategy, cfg.trainer.eval_batch_size or cfg.batch_size,
                                    jit_compile=jit, log_every_steps=cfg.trainer.log_every_steps)
         self.writer = RunWriters(self.run_dir)  # the run's own TensorBoard run and one per phase
-        self.history = RunHistory(self.run_dir)
+        self.history = RunHistory(self.run_dir, static=model_cost(self.model))
         replica_step = tf.function(self._replica_step, jit_compile=jit, reduce_retracing=True)
         self._step = tf.function(
             lambda batch, stop: self._reduce(strategy.run(replica_step, args=(batch, stop))), reduce_retracing=True

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from capsrun.models.capsnet import CapsNet
+from capsrun.models.cost import count_macs
 from tests.conftest import last_stderr_line, run_cli
 
 BENCH_KEYS = {"capsrun_train", "capsrun_eval", "reference_train", "reference_eval", "conv_only",
@@ -12,7 +13,10 @@ BENCH_KEYS = {"capsrun_train", "capsrun_eval", "reference_train", "reference_eva
 
 
 TINY_BENCH = ["model.conv1_filters=8", "model.primary_maps=2", "model.decoder_units=[16]",
-              "batch_sizes=[4,8]", "warmup_steps=1", "timed_steps=2", "pipeline_batches=3"]
+              "batch_sizes=[4,8]", "warmup_steps=1", "timed_steps=2", "pipeline_batches=3",
+              "routings=[dynamic,self_attention]", "routing_batch_size=4"]
+"""Two routings only: each adds three traced steps (the layer, its plain form, a train step);
+tests/unit/models/test_reference.py checks every routing's layer against its plain form."""
 
 
 def test_bench_command_prints_the_table_and_writes_bench_json(tmp_path):
@@ -42,6 +46,22 @@ def test_bench_command_prints_the_table_and_writes_bench_json(tmp_path):
     tiny = CapsNet(conv1_filters=8, primary_maps=2, decoder_units=(16,))
     tiny.build_for_inputs()
     assert report["parameters"] == tiny.count_params()
+    assert report["macs_per_image"] == count_macs(tiny)
+
+    routings = report["routings"]
+    assert routings["batch_size"] == 4 and list(routings["rows"]) == ["dynamic", "self_attention"]
+    for name, row in routings["rows"].items():
+        for part in ("layer", "plain", "train"):
+            assert len(row[part]["ms_per_step_all"]) == 2 and row[part]["ms_per_step"] > 0, (name, part)
+        assert row["layer_vs_plain"] == pytest.approx(row["plain"]["ms_per_step"] / row["layer"]["ms_per_step"])
+        assert row["layer_vs_dynamic"] == pytest.approx(
+            row["layer"]["ms_per_step"] / routings["rows"]["dynamic"]["layer"]["ms_per_step"])
+        prior = 10 * 72 if name == "self_attention" else 0  # its prior [J, I], I = 6 * 6 * 2 primary capsules
+        assert row["parameters"] == tiny.count_params() + prior
+        assert row["macs_per_image"] > 0
+    table = result.stdout.split("routings at batch 4", 1)[1].splitlines()
+    assert [line.split()[0] for line in table[2:4]] == ["dynamic", "self_attention"]
+    assert f"{routings['rows']['self_attention']['layer_vs_plain']:.2f}x" in table[3]
 
 
 def test_bench_command_checks_its_config_before_measuring(tmp_path):
@@ -50,6 +70,8 @@ def test_bench_command_checks_its_config_before_measuring(tmp_path):
         (["batch_sizes=[]"], "batch_sizes must be a non-empty list"),
         (["model=baseline_cnn"], "capsrun bench measures CapsNets"),
         (["timed_step=3"], "timed_step"),
+        (["routings=[dynamic,maxmin]"], "routings: unknown routing 'maxmin'; did you mean 'max_min'?"),
+        (["routing_batch_size=0"], "routing_batch_size must be >= 1"),
         (["output=/proc/nope/bench.json"], "cannot write /proc/nope/bench.json"),
     ]:
         result = run_cli("bench", *args, cwd=tmp_path)

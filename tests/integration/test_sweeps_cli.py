@@ -303,3 +303,34 @@ def test_sweep_job_folders_have_no_glob_characters(tmp_path):
     assert (job / "checkpoints" / "last" / "checkpoint").is_file()
     evaluated = run_cli("eval", f"run_dir={job}")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+
+
+ROUTING_NAMES = ("dynamic", "uniform", "max_min", "self_attention", "inverted_dot_product")
+
+
+@pytest.mark.slow
+def test_routing_sweep_reports_one_row_per_routing_with_cost_speed_and_error(tmp_path):
+    """The five routings as a sweep axis through the real CLI (tiny data, 2 steps each), then
+    `capsrun report`: one row per routing with parameters, MACs per image, images/s and test error,
+    and the error / speed figure. tests/unit/analysis/test_report.py covers the rows fast."""
+    sweep_dir = tmp_path / "routings"
+    tiny = ["experiment=smoke", "data.train_size=64", "data.val_size=32", "data.test_size=32",
+            "model.conv1_filters=8", "model.primary_maps=2"]
+    result = run_cli("train", "-m", *tiny, f"model.routing={','.join(ROUTING_NAMES)}", f"hydra.sweep.dir={sweep_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job in sweep_dir.glob("*/metrics.json"):
+        metrics = json.loads(job.read_text())
+        assert metrics["parameters"] > 0 and metrics["macs_per_image"] > 0 and metrics["routing"] in ROUTING_NAMES
+    report = run_cli("report", f"sweep_dir={sweep_dir}")
+    assert report.returncode == 0, report.stderr[-3000:]
+    rows = {row["routing"]: row for row in csv.DictReader((sweep_dir / "report.csv").open())}
+    assert sorted(rows) == sorted(ROUTING_NAMES)
+    for row in rows.values():
+        assert row["model"] == "capsnet" and row["n_runs"] == "1" and row["n_evaluated"] == "1"
+        assert int(row["parameters"]) > 0 and int(row["macs_per_image"]) > 0
+        assert float(row["images_per_second_mean"]) > 0 and 0 <= float(row["test_error_percent_mean"]) <= 100
+    assert int(rows["self_attention"]["parameters"]) == int(rows["dynamic"]["parameters"]) + 10 * 72  # its prior
+    assert int(rows["dynamic"]["macs_per_image"]) - int(rows["uniform"]["macs_per_image"]) == 4 * 10 * 72 * 16
+    table = [line for line in report.stdout.splitlines() if line.startswith("| capsnet |")]
+    assert sorted(line.split(" | ")[1] for line in table) == sorted(ROUTING_NAMES)
+    assert (sweep_dir / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

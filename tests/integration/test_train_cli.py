@@ -11,6 +11,8 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from capsrun.logs import BANNER
+from capsrun.models.capsnet import CapsNet
+from capsrun.models.cost import model_cost
 from tests.conftest import REPO, last_stderr_line, run_cli
 
 PHASE_TAGS = {"loss", "margin_loss", "reconstruction_loss", "accuracy"}
@@ -35,6 +37,9 @@ def test_train_one_epoch_leaves_checkpoints_metrics_and_tensorboard(tmp_path):
     for key in ("train_accuracy", "val_accuracy", "best_val_accuracy", "images_per_second"):
         assert isinstance(metrics[key], float), key
     assert 0.0 <= metrics["val_accuracy"] <= 1.0 and metrics["images_per_second"] > 0
+    smoke = CapsNet(conv1_filters=16, primary_maps=4, decoder_units=(32, 64))  # conf/experiment/smoke.yaml
+    smoke.build_for_inputs()
+    assert {key: metrics[key] for key in ("parameters", "macs_per_image", "routing")} == model_cost(smoke)
     assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "train.log").is_file()
     assert "epoch 1/1" in (run_dir / "train.log").read_text()
     for kind in ("last", "best"):

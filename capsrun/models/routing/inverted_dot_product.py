@@ -32,7 +32,10 @@ src/layers.py (class CapsuleFC, `forward`) and src/capsule_model.py (the routing
 The poses are not squashed: their lengths are about sqrt(D) gamma, not in [0, 1) (the authors
 classify with a linear layer on the pose; capsrun's margin loss reads the lengths).
 
-Gradients are TensorFlow's autodiff through every round. Computed in the votes' dtype.
+Computed in the fast form of capsrun.models.routing.contractions (the votes read only by batched
+matrix-vector products, their gradient one matmul; autodiff differentiates the rest); the
+LayerNorm is `layer_norm` below with the Keras layer's gamma and beta. The plain autodiff form is
+`plain_inverted_dot_product_routing` in capsrun.models.reference. Computed in the votes' dtype.
 """
 from typing import Tuple
 
@@ -40,6 +43,7 @@ import keras
 import tensorflow as tf
 
 from capsrun.models.routing.base import RoutingLayer
+from capsrun.models.routing.contractions import Votes, fast_routing, softmax_over_outputs
 
 LAYER_NORM_EPSILON = 1e-5
 """PyTorch's nn.LayerNorm default, which the authors' code uses (Keras' default is 1e-3)."""
@@ -56,15 +60,29 @@ class InvertedDotProductRouting(RoutingLayer):
         self.layer_norm.build((None, int(votes_shape[1]), int(votes_shape[3])))
 
     def call(self, votes: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-        num_outputs = votes.shape[1]
-        scale = tf.constant(1.0 / float(votes.shape[-1]) ** 0.5, votes.dtype)
-        coupling = tf.fill(tf.shape(votes)[:3], tf.constant(1.0 / num_outputs, votes.dtype))
-        parents = self.layer_norm(tf.reduce_sum(votes, axis=2) / num_outputs)
-        for _ in range(self.iterations - 1):
-            agreement = tf.einsum("bjid,bjd->bji", votes, parents) * scale
-            coupling = tf.nn.softmax(agreement, axis=1)
-            parents = self.layer_norm(tf.einsum("bji,bjid->bjd", coupling, votes))
-        return parents, coupling
+        num_outputs, scale, rounds = votes.shape[1], 1.0 / float(votes.shape[-1]) ** 0.5, self.iterations
+
+        def body(view: Votes, gamma: tf.Tensor, beta: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+            coupling = tf.fill(tf.shape(view.votes)[:3], tf.constant(1.0 / num_outputs, view.dtype))
+            parents = layer_norm(view.mean_sum(1.0 / num_outputs), gamma, beta)
+            for _ in range(rounds - 1):
+                # (u . p) / sqrt(D) as u . (p / sqrt(D)): the scale on [B, J, D], not on [B, J, I]
+                coupling = softmax_over_outputs(view.dot(parents * tf.constant(scale, view.dtype)))
+                parents = layer_norm(view.weighted_sum(coupling), gamma, beta)
+            return parents, coupling
+
+        weights = [tf.cast(self.layer_norm.gamma, votes.dtype), tf.cast(self.layer_norm.beta, votes.dtype)]
+        return fast_routing(body, votes, weights)
+
+
+def layer_norm(poses: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor) -> tf.Tensor:
+    """gamma (x - mean(x)) / sqrt(var(x) + 1e-5) + beta over the last axis of poses [B, J, D]
+    (what the layer's keras LayerNormalization computes, with its gamma and beta [D] passed as
+    tensors, as the fast form needs)."""
+    mean = tf.reduce_mean(poses, axis=-1, keepdims=True)
+    centred = poses - mean
+    variance = tf.reduce_mean(tf.square(centred), axis=-1, keepdims=True)
+    return gamma * centred * tf.math.rsqrt(variance + LAYER_NORM_EPSILON) + beta
 
 
 ROUTING = InvertedDotProductRouting

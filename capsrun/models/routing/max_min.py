@@ -34,8 +34,10 @@ The paper's own text and code were not available to check these three points aga
 public implementation by the authors was found); they are the reading above, to be confirmed
 against arXiv:1903.09662 section 3 before quoting numbers from it.
 
-Gradients are TensorFlow's autodiff through every iteration (max and min pass the gradient to
-the extreme logits). Computed in the votes' dtype; no weights.
+Computed in the fast form of capsrun.models.routing.contractions: the votes are read only by
+batched matrix-vector products and their gradient is one matmul; autodiff differentiates the
+[B, J, I] logits (max and min pass the gradient to the extreme logits). The plain autodiff form
+is `plain_max_min_routing` in capsrun.models.reference. Computed in the votes' dtype; no weights.
 """
 from typing import Tuple
 
@@ -44,6 +46,7 @@ import tensorflow as tf
 
 from capsrun.models.ops import EPSILON, squash
 from capsrun.models.routing.base import RoutingLayer
+from capsrun.models.routing.contractions import Votes, fast_routing
 
 LOWER_BOUND = 0.01
 """lb: the coupling of an input capsule with its least-agreeing parent."""
@@ -61,18 +64,23 @@ def max_min_normalize(logits: tf.Tensor, lower: float = LOWER_BOUND, upper: floa
 
 def route_max_min(votes: tf.Tensor, iterations: int) -> Tuple[tf.Tensor, tf.Tensor]:
     """`iterations` rounds of max-min routing of votes u_hat [B, J, I, D]; returns
-    (v [B, J, D], c [B, J, I] of the last round)."""
-    logits, coupling, parents = None, None, None
-    for iteration in range(iterations):
-        if logits is None:  # b = 0: all logits equal, c = lb (see the module docstring)
-            coupling = tf.fill(tf.shape(votes)[:3], tf.constant(LOWER_BOUND, votes.dtype))
-        else:
-            coupling = max_min_normalize(logits)
-        parents = squash(tf.einsum("bji,bjid->bjd", coupling, votes))
-        if iteration < iterations - 1:
-            agreement = tf.einsum("bjid,bjd->bji", votes, parents)
-            logits = agreement if logits is None else logits + agreement
-    return parents, coupling
+    (v [B, J, D], c [B, J, I] of the last round). The fast form (`fast_routing`)."""
+
+    def body(view: Votes) -> Tuple[tf.Tensor, tf.Tensor]:
+        logits, coupling, parents = None, None, None
+        for iteration in range(iterations):
+            if logits is None:  # b = 0: all logits equal, c = lb (see the module docstring)
+                coupling = tf.fill(tf.shape(view.votes)[:3], tf.constant(LOWER_BOUND, view.dtype))
+                parents = squash(view.mean_sum(LOWER_BOUND))
+            else:
+                coupling = max_min_normalize(logits)
+                parents = squash(view.weighted_sum(coupling))
+            if iteration < iterations - 1:
+                agreement = view.dot(parents)
+                logits = agreement if logits is None else logits + agreement
+        return parents, coupling
+
+    return fast_routing(body, votes)
 
 
 @keras.saving.register_keras_serializable(package="capsrun")

@@ -32,6 +32,9 @@ The squash (`model.routing_squash`, argument `squash`):
                  computed as -expm1(-|s|) s / |s| with |s| = sqrt(sum s^2 + EPSILON), which is
                  finite with finite gradients at s = 0 (the authors add 1e-20 to |s| instead).
 
+Computed in the fast form of capsrun.models.routing.contractions (the votes read by three
+batched matrix-vector products, their gradient one matmul); the plain autodiff form is
+`plain_self_attention_routing` in capsrun.models.reference.
 `iterations` is ignored. Computed in the votes' dtype (the prior in the layer's variable dtype,
 which is the votes' dtype when the layer is built with dtype=votes.dtype).
 """
@@ -42,6 +45,7 @@ import tensorflow as tf
 
 from capsrun.models.ops import safe_norm, squash
 from capsrun.models.routing.base import RoutingLayer
+from capsrun.models.routing.contractions import Votes, fast_routing, softmax_over_outputs
 
 
 def efficient_squash(vectors: tf.Tensor) -> tf.Tensor:
@@ -73,12 +77,16 @@ class SelfAttentionRouting(RoutingLayer):
         )
 
     def call(self, votes: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-        scale = tf.constant(1.0 / float(votes.shape[-1]) ** 0.5, votes.dtype)
-        total = tf.reduce_sum(votes, axis=2, keepdims=True)  # sum_k u_hat_j|k  [B, J, 1, D]
-        agreement = tf.reduce_sum(votes * total, axis=-1) * scale  # a_ij  [B, J, I]
-        coupling = tf.nn.softmax(agreement, axis=1) + tf.cast(self.log_prior, votes.dtype)
-        parents = tf.einsum("bji,bjid->bjd", coupling, votes)
-        return SQUASHES[self.squash](parents), coupling
+        scale = 1.0 / float(votes.shape[-1]) ** 0.5
+        squash_parents = SQUASHES[self.squash]
+
+        def body(view: Votes, prior: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+            total = view.mean_sum(1.0)  # sum_k u_hat_j|k  [B, J, D]
+            agreement = view.dot(total * tf.constant(scale, view.dtype))  # a_ij [B, J, I], scaled on [B, J, D]
+            coupling = softmax_over_outputs(agreement) + prior
+            return squash_parents(view.weighted_sum(coupling)), coupling
+
+        return fast_routing(body, votes, [tf.cast(self.log_prior, votes.dtype)])
 
 
 ROUTING = SelfAttentionRouting

@@ -1,6 +1,6 @@
 """The fast path (capsrun's DigitCaps and `route` with its hand-written gradient) against the plain
 reference CapsNet: same outputs, losses and gradients on the same weights. Also XLA and mixed
-precision on CPU. Nothing here is timed."""
+precision on CPU, and every routing layer against its plain form. Nothing here is timed."""
 import keras
 import numpy as np
 import pytest
@@ -8,9 +8,11 @@ import tensorflow as tf
 
 from capsrun.models.base import InputSpec
 from capsrun.models.capsnet import CapsNet
-from capsrun.models.reference import ReferenceCapsNet, build_reference
+from capsrun.models.reference import PLAIN_ROUTINGS, ReferenceCapsNet, build_reference, plain_route
+from capsrun.models.routing import ROUTINGS
 from tests.conftest import compose_config
 from tests.helpers import assert_same, build
+from tests.unit.models.routing_checks import Probe, make_layer, make_votes, randomize_weights
 
 SMALL = dict(conv1_filters=16, primary_maps=4, decoder_units=(32, 64))
 
@@ -130,3 +132,34 @@ def test_mixed_precision_keeps_capsule_math_in_float32_with_finite_gradients(pol
         assert outputs[key].dtype == tf.float32, key
     assert np.all(np.isfinite(total.numpy()))
     assert all(np.all(np.isfinite(g.numpy())) for g in gradients)
+
+
+@pytest.mark.parametrize("iterations", [1, 2, 3])
+@pytest.mark.parametrize("name", sorted(ROUTINGS))
+def test_routing_layer_equals_its_plain_form_in_values_and_gradients(name, iterations):
+    """Every routing's layer (its fast form) against `plain_route` (the equations with autodiff)
+    on the same float64 votes and random weights: parents, coupling, and the gradients of a random
+    read-out of both with respect to the votes and every weight of the routing."""
+    votes = tf.constant(make_votes(seed=iterations, scale=1.5))
+    layer = make_layer(name, iterations, **({"squash": "efficient"} if name == "self_attention" else {}))
+    randomize_weights(layer, seed=5, scale=0.2)
+    probe = Probe(votes.shape)
+    results = []
+    for route in (layer, lambda values: plain_route(name, layer, values)):
+        with tf.GradientTape() as tape:
+            tape.watch(votes)
+            outputs = route(votes)
+            loss = probe(outputs)
+        results.append([*outputs, *tape.gradient(loss, [votes, *layer.trainable_weights])])
+    assert len(results[0]) == 3 + len(layer.trainable_weights)
+    for fast, plain in zip(*results):
+        assert fast.dtype == plain.dtype == tf.float64
+        np.testing.assert_allclose(fast.numpy(), plain.numpy(), rtol=1e-9, atol=1e-12)
+    if iterations > 1 and name != "uniform":  # the routing moved: the coupling path is exercised
+        assert np.abs(results[0][1].numpy() - results[0][1].numpy().mean(axis=1, keepdims=True)).max() > 0.05
+
+
+def test_plain_route_names_every_routing():
+    assert set(PLAIN_ROUTINGS) == set(ROUTINGS)
+    with pytest.raises(ValueError, match="no plain form of routing 'nope'"):
+        plain_route("nope", None, None)

@@ -142,7 +142,9 @@ def test_a_non_finite_loss_raises_training_diverged(tmp_path, capsys):
     with pytest.raises(TrainingDiverged) as error:
         trainer.fit()
     assert error.value.step == 1 and "non-finite at step 1" in str(error.value)
-    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "diverged"
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and metrics["parameters"] == trainer.model.count_params()
+    assert metrics["macs_per_image"] > 0 and metrics["routing"] == "dynamic"
     assert capsys.readouterr().err == ""
 
 
