@@ -15,13 +15,23 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from capsrun.commands.frontend import exit_code, train_help
-from capsrun.config.compose import (check_train_overrides, config_dir, job_folder_overrides, register_configs,
-                                    user_config_dir)
+from capsrun.config.compose import (
+    check_train_overrides,
+    config_dir,
+    job_folder_overrides,
+    register_configs,
+    user_config_dir,
+)
 from capsrun.config.schema import Config
 from capsrun.errors import CapsrunError, TrainingDiverged, TrainingInterrupted
 from capsrun.training.history import read_metrics
-from capsrun.training.run_folder import (CHECKPOINT_KINDS, METRICS, load_run_config, load_run_config_sources,
-                                         load_run_overrides)
+from capsrun.training.run_folder import (
+    CHECKPOINT_KINDS,
+    METRICS,
+    load_run_config,
+    load_run_config_sources,
+    load_run_overrides,
+)
 from capsrun.training.sweeps import end_job, job_hparams, start_job
 
 INFO_CHOICES = ("all", "config", "defaults", "defaults-tree", "plugins", "searchpath")
