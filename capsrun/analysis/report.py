@@ -177,6 +177,14 @@ def _pm(stats: tuple) -> str:
     return percent_points(mean, sign=False) + ("" if std is None else f" ± {std:.{PERCENT_DECIMALS + 1}f}")
 
 
+def _speed_pm(stats: tuple) -> str:
+    """Images/s as mean ± std: whole numbers, the std one decimal finer (as `_pm`)."""
+    mean, std = stats
+    if mean is None:
+        return "n/a"
+    return f"{mean:,.0f}" + ("" if std is None else f" ± {std:,.1f}")
+
+
 def extra_test_names(rows: Sequence[dict]) -> List[str]:
     """Names of the further test sets (e.g. `affine`) evaluated in any job, sorted."""
     return sorted({name for row in rows for name in row["extra_test_errors"]})
@@ -231,9 +239,9 @@ def comparison_table(rows: Sequence[dict], keys: Sequence[str]) -> str:
         cells = [row["model"] or "n/a", row["routing"] or "-",
                  *([", ".join(f"{names[key]}={row['values'][key]}" for key in others)] if others else []), n,
                  _count(row["parameters"]), _count(row["macs_per_image"], millions=True),
-                 _pm(speed, 0) if speed[0] is not None else "n/a", _pm(row["test_error"], 2),
-                 *(_pm(row["extra_test_accuracies"].get(name, (None, None)), 2) for name in extras),
-                 _pm(row["best_val_accuracy"], 2)]
+                 _speed_pm(speed), _pm(row["test_error"]),
+                 *(_pm(row["extra_test_accuracies"].get(name, (None, None))) for name in extras),
+                 _pm(row["best_val_accuracy"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
