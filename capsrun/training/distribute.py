@@ -4,7 +4,7 @@ Call `setup_devices` before anything else touches TensorFlow's devices.
 """
 import logging
 import os
-from typing import Any
+from typing import Any, List
 
 import keras
 import tensorflow as tf
@@ -70,8 +70,27 @@ def make_strategy(trainer_cfg: Any) -> tf.distribute.Strategy:
         return tf.distribute.OneDeviceStrategy(device)
     devices = list(trainer_cfg.devices) if trainer_cfg.devices else [d.name for d in (gpus or cpus)]
     if name == "mirrored" or (name == "auto" and len(devices) > 1):
-        return tf.distribute.MirroredStrategy(devices)
+        return mirrored_strategy(devices)
     return tf.distribute.get_strategy()
+
+
+COLLECTIVE_KEYS_PER_STRATEGY = 10_000
+"""Group keys kept apart for each MirroredStrategy of a process (it uses a handful)."""
+
+
+def mirrored_strategy(devices: List[str]) -> tf.distribute.MirroredStrategy:
+    """A MirroredStrategy whose collective group keys no earlier one in this process used.
+
+    Every MirroredStrategy starts its collective group keys at 1 + the class attribute
+    `_collective_key_base` (0), so a second one over the same devices reuses the first one's
+    group and instance keys. The runtime remembers each instance's tensor shape, and the second
+    strategy's first differently shaped all-reduce fails ("Shape mismatch in the collective
+    instance 100"): measured on 2 logical CPUs, a CapsNet step then an Efficient-CapsNet step
+    in one process, which is a Hydra sweep over `model` with trainer.strategy=mirrored (jobs
+    share a process), and any test module making several strategies. TensorFlow's own tests
+    move the base for the same reason; so does this."""
+    tf.distribute.MirroredStrategy._collective_key_base += COLLECTIVE_KEYS_PER_STRATEGY
+    return tf.distribute.MirroredStrategy(devices)
 
 
 def _cluster_resolver() -> tf.distribute.cluster_resolver.ClusterResolver:

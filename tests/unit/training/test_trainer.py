@@ -12,6 +12,7 @@ import tensorflow as tf
 from capsrun.data.pipeline import train_dataset, unpack
 from capsrun.data.splits import load_splits
 from capsrun.errors import TrainingDiverged, TrainingInterrupted
+from capsrun.training.distribute import mirrored_strategy
 from capsrun.training.steps import batch_sums
 from capsrun.training.trainer import Trainer
 from tests.conftest import compose_config
@@ -32,7 +33,7 @@ def test_mirrored_step_on_two_devices_equals_one_device(tmp_path):
     cfg = compose_config("data.train_size=64")
     splits = load_splits(cfg.data, cfg.seed)
     single = _trainer(cfg, tf.distribute.OneDeviceStrategy("/cpu:0"), tmp_path / "one", splits)
-    mirrored = _trainer(cfg, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), tmp_path / "two", splits)
+    mirrored = _trainer(cfg, mirrored_strategy(["/cpu:0", "/cpu:1"]), tmp_path / "two", splits)
     assert mirrored.strategy.num_replicas_in_sync == 2
     for before_a, before_b in zip(single.model.trainable_variables, mirrored.model.trainable_variables):
         np.testing.assert_array_equal(before_a.numpy(), before_b.numpy())
@@ -61,7 +62,7 @@ def test_mirrored_step_with_batch_norm_equals_one_device(tmp_path):
     cfg = compose_config("model=efficient_capsnet", "data.train_size=64")
     splits = load_splits(cfg.data, cfg.seed)
     single = _trainer(cfg, tf.distribute.OneDeviceStrategy("/cpu:0"), tmp_path / "one", splits)
-    mirrored = _trainer(cfg, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), tmp_path / "two", splits)
+    mirrored = _trainer(cfg, mirrored_strategy(["/cpu:0", "/cpu:1"]), tmp_path / "two", splits)
     before = [variable.numpy() for variable in single.model.weights]
     for start, other in zip(before, mirrored.model.weights):
         np.testing.assert_array_equal(start, other.numpy())
@@ -93,7 +94,7 @@ def test_gradient_clipping_is_exact_under_mirrored_strategy(tmp_path):
     cfg = compose_config("data.train_size=64", "trainer.max_grad_norm=0.01")
     splits = load_splits(cfg.data, cfg.seed)
     single = _trainer(cfg, tf.distribute.OneDeviceStrategy("/cpu:0"), tmp_path / "one", splits)
-    mirrored = _trainer(cfg, tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]), tmp_path / "two", splits)
+    mirrored = _trainer(cfg, mirrored_strategy(["/cpu:0", "/cpu:1"]), tmp_path / "two", splits)
     _one_step(single, splits), _one_step(mirrored, splits)
     for after_a, after_b in zip(single.model.trainable_variables, mirrored.model.trainable_variables):
         np.testing.assert_allclose(after_a.numpy(), after_b.numpy(), rtol=1e-4, atol=1e-6)
@@ -176,3 +177,18 @@ def test_the_steps_after_the_last_interval_are_logged_at_the_end_of_each_epoch(t
     events = EventAccumulator(str(tmp_path / "train"), size_guidance={"tensors": 0}).Reload()
     steps = [event.step for event in events.Tensors("loss")]
     assert steps == [5, 8, 10, 15, 16]  # every 5 steps, and the end of each epoch (8, 16)
+
+
+def test_strategies_made_one_after_another_keep_their_collectives_apart(tmp_path):
+    """Two jobs of a sweep over `model` with trainer.strategy=mirrored share a process: the second
+    strategy's all-reduces must not collide with the first's (same group and instance keys with
+    other shapes abort every collective of the process)."""
+    from capsrun.training.distribute import make_strategy
+
+    for index, model in enumerate(("capsnet", "efficient_capsnet", "capsnet")):
+        cfg = compose_config(f"model={model}", "data.train_size=64", "trainer.strategy=mirrored",
+                             "trainer.max_grad_norm=1.0")  # clipping all-reduces inside the replicas too
+        splits = load_splits(cfg.data, cfg.seed)
+        trainer = _trainer(cfg, make_strategy(cfg.trainer), tmp_path / str(index), splits)
+        assert trainer.strategy.num_replicas_in_sync == 2
+        assert np.isfinite(_one_step(trainer, splits)["loss"])
