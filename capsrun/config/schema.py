@@ -101,6 +101,7 @@ class TrainerConfig:
     deterministic: bool = False
     max_grad_norm: Optional[float] = None
     log_every_steps: int = 20
+    steps_per_loop: int = 1
     checkpoint_every_steps: Optional[int] = None
     keep_checkpoints: int = 3
     eval_batch_size: Optional[int] = None

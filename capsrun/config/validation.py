@@ -113,7 +113,7 @@ def validate(cfg: DictConfig) -> None:
         trainer.max_grad_norm is None or trainer.max_grad_norm > 0,
         f"trainer.max_grad_norm must be null or > 0, got {trainer.max_grad_norm}",
     )
-    for key in ("log_every_steps", "keep_checkpoints", "num_recon_images"):
+    for key in ("log_every_steps", "steps_per_loop", "keep_checkpoints", "num_recon_images"):
         _check(trainer[key] >= 1, f"trainer.{key} must be >= 1, got {trainer[key]}")
     for key in ("checkpoint_every_steps", "eval_batch_size"):
         value = trainer[key]

@@ -62,6 +62,13 @@ def make_optimizer(opt_cfg: Any, steps_per_epoch: int, mixed_precision: str) -> 
     return optimizer
 
 
+def crossed(step: int, ran: int, every: Optional[int]) -> bool:
+    """True when the `ran` steps that ended at global step `step` include a multiple of `every`
+    (null: never): logging and checkpoints every N steps keep their cadence when a loop runs
+    several steps at once (with steps_per_loop = 1, exactly `step % every == 0`)."""
+    return bool(every) and step // every > (step - ran) // every
+
+
 def _loss_and_accuracy(meter: SumMeter) -> Dict[str, float]:
     """The running mean loss and accuracy of a meter, for progress output."""
     means = meter.means()
@@ -96,9 +103,9 @@ class Trainer:
         self.writer = RunWriters(self.run_dir)  # the run's own TensorBoard run and one per phase
         self.history = RunHistory(self.run_dir, static=model_cost(self.model))
         replica_step = tf.function(self._replica_step, jit_compile=jit, reduce_retracing=True)
-        self._step = tf.function(
-            lambda batch, stop: self._reduce(strategy.run(replica_step, args=(batch, stop))), reduce_retracing=True
-        )
+        self._distributed_step = lambda batch, stop: self._reduce(strategy.run(replica_step, args=(batch, stop)))
+        self._step = tf.function(self._distributed_step, reduce_retracing=True)
+        self._loop = tf.function(self._loop_steps, reduce_retracing=True)
         self.resumed_from: Optional[str] = None
         self.profiler = StepProfiler(cfg.trainer.profile_steps, session_folder(self.run_dir))
 
@@ -111,6 +118,28 @@ class Trainer:
         plus `non_finite` (> 0 when the loss or gradients were not finite) and `stop` (> 0 when
         any replica of any worker asked to stop)."""
         return self._step(batch, stop)
+
+    def train_steps(self, iterator: Any, steps: int, stop: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """`steps` training steps on the next global batches of `iterator` (an iterator over the
+        distributed dataset), in one compiled function when steps > 1: the sums of `train_step`
+        added over the steps on the device, plus `steps` (float32, how many ran: fewer when a
+        step was not finite, which ends the loop). The host reads the results once per loop:
+        one host sync and one Python round-trip per `trainer.steps_per_loop` steps instead of per
+        step, which matters for small models and on GPUs. `stop` applies to every step."""
+        if steps == 1:
+            return {**self.train_step(next(iterator), stop), "steps": tf.constant(1.0)}
+        return self._loop(iterator, tf.constant(steps, tf.int32), stop)
+
+    def _loop_steps(self, iterator: Any, steps: tf.Tensor, stop: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """The body of `train_steps` (traced once): steps int32 scalar >= 2."""
+        sums = {**self._distributed_step(next(iterator), stop), "steps": tf.constant(1.0)}
+        # A diverged step ends the loop, so that its weights are not stepped further. The test is
+        # the loop's condition, not a `break` in its body: a conditional around the replicated
+        # step fails under MirroredStrategy (a placeholder of the branch left unfed).
+        while sums["steps"] < tf.cast(steps, tf.float32) and sums["non_finite"] <= 0:
+            out = self._distributed_step(next(iterator), stop)
+            sums = {key: value + (out[key] if key != "steps" else 1.0) for key, value in sums.items()}
+        return sums
 
     def _replica_step(self, batch: tuple, stop: tf.Tensor) -> Dict[str, tf.Tensor]:
         """One replica's share b of a global batch.
@@ -232,25 +261,28 @@ class Trainer:
         """Runs the steps of one epoch; returns the epoch's training metrics (mean loss terms,
         accuracy, images_per_second, seconds)."""
         epoch, interval = SumMeter(), SumMeter()
-        for batch in dataset:
+        iterator = iter(dataset)
+        remaining = self.steps_per_epoch - int(self.progress.step_in_epoch.numpy())  # batches of the epoch left
+        while remaining > 0:
+            count = min(self.cfg.trainer.steps_per_loop, remaining)
             stop_flag = tf.constant(1.0 if stop.signal_name else 0.0)
             self.profiler.before(self.global_step + 1)
-            sums = {key: float(value) for key, value in self.train_step(batch, stop_flag).items()}
-            step = self.global_step
+            sums = {key: float(value) for key, value in self.train_steps(iterator, count, stop_flag).items()}
+            step, ran = self.global_step, int(sums.pop("steps"))
             self.profiler.after(step)
             if sums.pop("non_finite") > 0:
                 self._diverged(step)
             stop.agreed = sums.pop("stop") > 0
-            self.progress.step_in_epoch.assign_add(1)
-            epoch.add(sums, self.batch_size)
-            interval.add(sums, self.batch_size)
-            if step % self.cfg.trainer.log_every_steps == 0:
+            self.progress.step_in_epoch.assign_add(ran)
+            remaining -= ran
+            epoch.add(sums, ran * self.batch_size)
+            interval.add(sums, ran * self.batch_size)
+            if crossed(step, ran, self.cfg.trainer.log_every_steps):
                 self._log_train(step, interval)
                 interval.reset()
             if report:
                 report(int(self.progress.step_in_epoch.numpy()), epoch)
-            every = self.cfg.trainer.checkpoint_every_steps
-            if every and step % every == 0:
+            if crossed(step, ran, self.cfg.trainer.checkpoint_every_steps):
                 self.checkpoints.save_last(step)
             if stop.agreed:
                 break
