@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from capsrun.data.splits import load_splits
 from capsrun.errors import TrainingDiverged, TrainingInterrupted
+from capsrun.training.distribute import mirrored_strategy
 from capsrun.training.trainer import Trainer, crossed
 from tests.conftest import compose_config
 
@@ -69,7 +70,7 @@ def test_a_loop_of_three_trains_like_three_single_steps(single_steps, tmp_path):
 
 def test_a_loop_on_two_replicas_trains_like_one_device(single_steps, tmp_path):
     single, _ = single_steps
-    looped = trainer_for(tmp_path, 3, strategy=tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    looped = trainer_for(tmp_path, 3, strategy=mirrored_strategy(["/cpu:0", "/cpu:1"]))
     looped.fit()
     for a, b in zip(weights(single), weights(looped), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
