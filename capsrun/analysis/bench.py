@@ -103,6 +103,8 @@ def run_bench(cfg: DictConfig) -> dict:
     report["results"] = [by_size[batch_size] for batch_size in cfg.batch_sizes]
     if cfg.routings:
         report["routings"] = run_routings(cfg, splits, jit)
+    if cfg.loop_models:
+        report["loops"] = run_loops(cfg, splits)
     report["load_average_after"] = list(os.getloadavg())
     report["peak_rss_mib_process"] = _process_peak_mib()
     return report
@@ -160,6 +162,74 @@ def run_routings(cfg: DictConfig, splits: DataSplits, jit: bool) -> dict:
             row["layer_vs_dynamic"] = row["layer"]["ms_per_step"] / rows["dynamic"]["layer"]["ms_per_step"]
     return {"batch_size": batch_size, "rows": rows,
             "other_processes_cpu_share": measured.get("other_processes_cpu_share")}
+
+
+def run_loops(cfg: DictConfig, splits: DataSplits) -> List[dict]:
+    """The steps_per_loop rows: for every model of `cfg.loop_models` at every batch size of
+    `cfg.loop_batch_sizes`, capsrun's own Trainer with each `cfg.steps_per_loop` value N, timed
+    through `Trainer.train_steps` (N steps per host sync) in interleaved rounds of the same number
+    of steps (the least common multiple of the N values, at least `cfg.timed_steps`). Returns
+    [{"model", "batch_size", "rows": {N: {"ms_per_step", "images_per_second"}}, "loop_vs_single":
+    img/s of the largest N / img/s of N = 1 (when both are measured)}]."""
+    import math
+    import tempfile
+
+    from capsrun.config.compose import compose
+    from capsrun.training.trainer import Trainer
+
+    values = sorted(set(cfg.steps_per_loop))
+    span = math.lcm(*values)
+    span *= max(1, -(-cfg.timed_steps // span))  # steps per timed round, a multiple of every N
+    results = []
+    for name, batch_size in itertools.product(cfg.loop_models, cfg.loop_batch_sizes):
+        keras.backend.clear_session()
+        gc.collect()
+        trainers, iterators = {}, {}
+        with tempfile.TemporaryDirectory(prefix="capsrun-bench-") as scratch:
+            for value in values:
+                train_cfg = compose("config", [f"model={name}", f"batch_size={batch_size}", f"seed={cfg.seed}",
+                                               f"trainer.steps_per_loop={value}", "trainer.progress_bar=false",
+                                               f"trainer.mixed_precision={cfg.trainer.mixed_precision}",
+                                               f"trainer.jit_compile={cfg.trainer.jit_compile}"])
+                trainer = Trainer(train_cfg, Path(scratch) / str(value), tf.distribute.get_strategy(), splits)
+                dataset = pipeline.train_dataset(splits.train, batch_size, cfg.seed, 0, cfg.data.shift_pixels)
+                trainers[value] = trainer
+                iterators[value] = iter(trainer.strategy.experimental_distribute_dataset(dataset.repeat()))
+            stop = tf.constant(0.0)
+            timings = {value: [] for value in values}
+            for round_index in range(1 + cfg.loop_rounds):  # round 0 traces and compiles: not timed
+                for value in values:
+                    start = time.perf_counter()
+                    for _ in range(span // value):
+                        float(trainers[value].train_steps(iterators[value], value, stop)["loss"])  # host sync
+                    if round_index:
+                        timings[value].append((time.perf_counter() - start) / span)
+            for trainer in trainers.values():
+                trainer.writer.close()
+        rows = {value: {"ms_per_step": 1000 * statistics.median(timings[value]),
+                        "images_per_second": batch_size / statistics.median(timings[value])} for value in values}
+        entry = {"model": name, "batch_size": batch_size, "rows": rows}
+        if 1 in rows and values[-1] != 1:
+            entry["loop_vs_single"] = rows[values[-1]]["images_per_second"] / rows[1]["images_per_second"]
+        log.info(f"steps_per_loop: {name} at batch {batch_size}: " + ", ".join(
+            f"N={value} {row['images_per_second']:.0f} img/s" for value, row in rows.items()))
+        results.append(entry)
+    return results
+
+
+def format_loop_table(loops: Sequence[dict]) -> str:
+    """The steps_per_loop rows as text: model, batch, ms/step and img/s per N, the ratio."""
+    values = sorted({value for entry in loops for value in entry["rows"]})
+    header = ["model", "batch", *(f"N={value} ms/step" for value in values), *(f"N={value} img/s" for value in values),
+              "largest N vs 1"]
+    lines = ["  ".join(f"{cell:>14}" for cell in header)]
+    for entry in loops:
+        cells = [entry["model"], str(entry["batch_size"]),
+                 *(f"{entry['rows'][v]['ms_per_step']:.1f}" if v in entry["rows"] else "-" for v in values),
+                 *(f"{entry['rows'][v]['images_per_second']:.0f}" if v in entry["rows"] else "-" for v in values),
+                 f"{entry['loop_vs_single']:.2f}x" if "loop_vs_single" in entry else "-"]
+        lines.append("  ".join(f"{cell:>14}" for cell in cells))
+    return "\n".join(lines)
 
 
 def routing_contestants(cfg: DictConfig, splits: DataSplits, batch: tuple, batch_size: int,
@@ -398,6 +468,9 @@ def format_table(report: dict) -> str:
                           "the ratios (steps timed round-robin) suffer less"]
     if report.get("routings"):
         lines += ["", format_routing_table(report["routings"])]
+    if report.get("loops"):
+        lines += ["", "trainer.steps_per_loop (capsrun's Trainer, N training steps per host sync):",
+                  format_loop_table(report["loops"])]
     return "\n".join(lines)
 
 

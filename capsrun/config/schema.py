@@ -231,6 +231,10 @@ class BenchConfig:
     routings: Optional[List[str]] = field(default_factory=lambda: [
         "dynamic", "uniform", "max_min", "self_attention", "inverted_dot_product"])
     routing_batch_size: int = 128
+    loop_models: Optional[List[str]] = field(default_factory=lambda: ["capsnet", "efficient_capsnet"])
+    loop_batch_sizes: List[int] = field(default_factory=lambda: [16, 128])
+    steps_per_loop: List[int] = field(default_factory=lambda: [1, 10])
+    loop_rounds: int = 3
     seed: int = 0
     output: str = "bench.json"
     data: DataConfig = field(default_factory=DataConfig)

@@ -14,7 +14,8 @@ BENCH_KEYS = {"capsrun_train", "capsrun_eval", "reference_train", "reference_eva
 
 TINY_BENCH = ["model.conv1_filters=8", "model.primary_maps=2", "model.decoder_units=[16]",
               "batch_sizes=[4,8]", "warmup_steps=1", "timed_steps=2", "pipeline_batches=3",
-              "routings=[dynamic,self_attention]", "routing_batch_size=4"]
+              "routings=[dynamic,self_attention]", "routing_batch_size=4",
+              "loop_models=[efficient_capsnet]", "loop_batch_sizes=[4]", "steps_per_loop=[1,2]", "loop_rounds=1"]
 """Two routings only: each adds three traced steps (the layer, its plain form, a train step);
 tests/unit/models/test_reference.py checks every routing's layer against its plain form."""
 
@@ -62,6 +63,14 @@ def test_bench_command_prints_the_table_and_writes_bench_json(tmp_path):
     table = result.stdout.split("routings at batch 4", 1)[1].splitlines()
     assert [line.split()[0] for line in table[2:4]] == ["dynamic", "self_attention"]
     assert f"{routings['rows']['self_attention']['layer_vs_plain']:.2f}x" in table[3]
+
+    (loop,) = report["loops"]  # capsrun's Trainer with steps_per_loop 1 and 2
+    assert loop["model"] == "efficient_capsnet" and loop["batch_size"] == 4 and set(loop["rows"]) == {"1", "2"}
+    for row in loop["rows"].values():
+        assert row["images_per_second"] == pytest.approx(4 * 1000 / row["ms_per_step"])
+    assert loop["loop_vs_single"] == pytest.approx(loop["rows"]["2"]["images_per_second"]
+                                                   / loop["rows"]["1"]["images_per_second"])
+    assert "steps_per_loop" in result.stdout and f"{loop['loop_vs_single']:.2f}x" in result.stdout
 
 
 def test_bench_command_checks_its_config_before_measuring(tmp_path):

@@ -7,8 +7,8 @@ from capsrun.errors import CapsrunError
 
 
 @pytest.mark.parametrize("override,options,closest", [
-    ("experiment=smok", "affine_robustness, cifar10, demo, efficient_capsnet, fashion_mnist, multimnist, smoke, table1",
-     "experiment=smoke"),
+    ("experiment=smok", "affine_robustness, cifar10, demo, efficient_capsnet, fashion_mnist, multimnist, "
+     "routing_comparison, smoke, table1", "experiment=smoke"),
     ("data=mnsit", "affnist, cifar10, fashion_mnist, folder, mnist, multimnist, npz", "data=mnist"),
     ("model=capsnett", "baseline_cnn, capsnet, efficient_capsnet", "model=capsnet"),
 ])
