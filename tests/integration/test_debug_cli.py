@@ -21,7 +21,8 @@ def test_fast_runs_a_few_steps_of_everything(tmp_path):
     last = tmp_path / "run" / "checkpoints" / "last"
     assert {path.name.split(".")[0] for path in last.glob("ckpt-*.index")} == {"ckpt-2", "ckpt-4"}  # step 2, epoch end
     assert tf.train.latest_checkpoint(str(tmp_path / "run" / "checkpoints" / "best")).endswith("ckpt-4")
-    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    for events in (tmp_path / "run", tmp_path / "run" / "train", tmp_path / "run" / "val"):  # the run's, per phase
+        assert list(events.glob("events.out.tfevents.*")), events
 
 
 def overfit_accuracy(metrics):

@@ -198,7 +198,7 @@ def test_a_user_config_folder_with_an_experiment_of_its_own(tmp_path):
     (["-m", "hydra.searchpath=[file://{folder}]", "experiment=mine,bad"], "Key 'log_evry_steps' not in"),
     (["-cd", "{folder}", "experiment=mien"],
      "there is no experiment 'mien' (conf/experiment/, {folder}/experiment/); "
-     "choose one of affine_robustness, bad, cifar10, demo, fashion_mnist, mine,"),
+     "choose one of affine_robustness, bad, cifar10, demo, efficient_capsnet, fashion_mnist, mine,"),
     (["-cd", "{folder}/nope", "experiment=mine"], "config folder {folder}/nope (-cd/--config-dir) does not exist"),
     (["hydra.searchpath=[file://{folder}/nope]"], "config folder {folder}/nope (hydra.searchpath) does not exist"),
     (["hydra.searchpath=[pkg://no_such_package.conf]"], "config package no_such_package.conf (hydra.searchpath)"),
