@@ -150,7 +150,15 @@ def run_routings(cfg: DictConfig, splits: DataSplits, jit: bool) -> dict:
     batch_size = cfg.routing_batch_size
     batch = next(iter(pipeline.train_dataset(splits.train, batch_size, cfg.seed, 0, cfg.data.shift_pixels)))
     contestants, models = routing_contestants(cfg, splits, batch, batch_size, jit)
-    measured = measure_interleaved(contestants, batch_size, cfg.warmup_steps, cfg.timed_steps)
+    # One compiled step per routing and part is the point here, so TensorFlow's warning about
+    # "excessive retracing" (it counts the traces of model_steps' train function) is noise.
+    tf_log = logging.getLogger("tensorflow")
+    level = tf_log.level
+    tf_log.setLevel(logging.ERROR)
+    try:
+        measured = measure_interleaved(contestants, batch_size, cfg.warmup_steps, cfg.timed_steps)
+    finally:
+        tf_log.setLevel(level)
     rows = {}
     for name, model in models.items():
         row = {part: measured[f"{part}_{name}"] for part in ("layer", "plain", "train")}
