@@ -7,13 +7,15 @@ TrainingDiverged 4.
 """
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from capsrun.atomic import write_bytes_atomic
 from capsrun.commands.frontend import exit_code, train_help
 from capsrun.config.compose import (
     check_train_overrides,
@@ -23,7 +25,7 @@ from capsrun.config.compose import (
     user_config_dir,
 )
 from capsrun.config.schema import Config
-from capsrun.errors import CapsrunError, TrainingDiverged, TrainingInterrupted
+from capsrun.errors import EXIT_USAGE, CapsrunError, TrainingDiverged, TrainingInterrupted
 from capsrun.training.history import read_metrics
 from capsrun.training.run_folder import (
     CHECKPOINT_KINDS,
@@ -223,6 +225,40 @@ def resume_sources(overrides: Sequence[str], user_dir: Optional[str]) -> Tuple[L
     return list(overrides), user_dir
 
 
+REWRITTEN_BY_HYDRA = (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", "train.log")
+"""The files of a run folder that Hydra rewrites (or appends to) when a resumed job starts."""
+
+
+@contextmanager
+def unchanged_on_bad_input(run_dir: str) -> Iterator[None]:
+    """Leaves the run folder as it was when the resumed job ends with exit code 2 (bad input):
+    Hydra rewrites .hydra/ and appends to train.log before the job can find, e.g., that the
+    checkpoint belongs to another model, and the job has by then opened new TensorBoard event
+    files. Those files get their bytes and modification times back, files that did not exist are
+    removed, and folders the job created (now empty) too."""
+    folder = Path(run_dir)
+    files = {path for path in folder.rglob("*") if path.is_file()}
+    folders = {path for path in folder.rglob("*") if path.is_dir()}
+    saved = {}
+    for name in REWRITTEN_BY_HYDRA:
+        path = folder / name
+        if path.is_file():
+            saved[path] = (path.read_bytes(), path.stat().st_atime_ns, path.stat().st_mtime_ns)
+    try:
+        yield
+    except SystemExit as stop:
+        if stop.code == EXIT_USAGE:
+            for path in sorted({path for path in folder.rglob("*") if path.is_file()} - files):
+                path.unlink()
+            for path in sorted({path for path in folder.rglob("*") if path.is_dir()} - folders, reverse=True):
+                if not any(path.iterdir()):
+                    path.rmdir()
+            for path, (data, atime, mtime) in saved.items():
+                write_bytes_atomic(path, data)
+                os.utime(path, ns=(atime, mtime))
+        raise
+
+
 def train_command(args: List[str]) -> int:
     flags, overrides = split_args(args)
     check_flags(flags)
@@ -240,4 +276,8 @@ def train_command(args: List[str]) -> int:
             check_resumable(configs[0])
         if {"-m", "--multirun"} & set(rest):
             overrides = overrides + job_folder_overrides(overrides)
+    resumed = [o.split("=", 1)[1] for o in overrides if o.startswith("resume=")]
+    if resumed and not INFORMATIONAL.intersection(rest):
+        with unchanged_on_bad_input(resumed[0]):
+            return run_hydra(hydra_flags(user_dir, name, rest) + overrides)
     return run_hydra(hydra_flags(user_dir, name, rest) + overrides)
