@@ -1,4 +1,5 @@
 """Multi-worker training on TensorFlow's runtime: `capsrun launch` with 2 local workers."""
+import json
 import os
 import re
 import signal
@@ -8,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tests.conftest import REPO, checkpoint_values, last_stderr_line, run_cli
 
@@ -54,6 +56,36 @@ def test_a_dead_worker_stops_the_cluster(tmp_path):
     time.sleep(0.5)
     with pytest.raises(ProcessLookupError):
         os.kill(pids[0], 0)
+
+
+def test_sigterm_to_one_worker_stops_every_worker_after_the_same_loop(tmp_path):
+    """trainer.steps_per_loop=4: the stop flag of worker 1 rides on the next loop of both workers,
+    so the cluster stops at a loop boundary (a multiple of 4 steps), the chief writes the
+    checkpoint and both exit with the interrupted status."""
+    from capsrun.errors import EXIT_INTERRUPTED
+
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "capsrun", "launch", "workers=2", "--", "train", "experiment=smoke", "epochs=50",
+         "trainer.steps_per_loop=4", "trainer.log_every_steps=4", f"hydra.run.dir={run_dir}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    pids = {}
+    for line in process.stdout:
+        match = re.match(r"capsrun launch: started worker (\d) \(pid (\d+)\)", line)
+        if match:
+            pids[int(match.group(1))] = int(match.group(2))
+        if "epoch 1/50" in line:
+            break
+    os.kill(pids[1], signal.SIGTERM)  # worker 1 only: the chief learns of it through the loop's sums
+    _, stderr = process.communicate(timeout=180)
+    assert process.returncode == EXIT_INTERRUPTED, stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["global_step"] % 4 == 0 and metrics["global_step"] > 0
+    log = (run_dir / "train.log").read_text()
+    assert "a stop request from another worker received: checkpoint" in log
+    assert f"written at step {metrics['global_step']}" in log
+    assert tf.train.latest_checkpoint(str(run_dir / "checkpoints" / "last")).endswith(f"ckpt-{metrics['global_step']}")
 
 
 @pytest.mark.parametrize("args,message", [
