@@ -20,7 +20,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 install: $(VENV)/.installed ## Create .venv and install capsrun (editable) with test tools
 
-demo: install ## Train the full CapsNet for one epoch on 6,000 bundled MNIST digits, then eval and visualize it (minutes on 2 CPU cores)
+demo: install ## Train a CapsNet (8 primary capsule maps) for 3 epochs on 10,000 bundled MNIST digits, then eval and visualize it (about 3 minutes on 2 CPU cores)
 	rm -rf $(DEMO_DIR)
 	$(CAPSRUN) train experiment=demo hydra.run.dir=$(DEMO_DIR)
 	$(CAPSRUN) eval run_dir=$(DEMO_DIR)
@@ -36,7 +36,7 @@ train: install ## Train with Hydra overrides, e.g. make train ARGS="epochs=50 mo
 bench: install ## Speed on this machine: train/eval img/s vs a plain reference CapsNet and the conv-only bound (bench.json), e.g. make bench ARGS="batch_sizes=[128]"
 	$(CAPSRUN) bench $(ARGS)
 
-test: install ## Run the unit and integration tests, slow ones skipped (under 10 minutes on 2 CPU cores)
+test: install ## Run the unit and integration tests, slow ones skipped (about 15 minutes on 2 CPU cores)
 	$(PY) -m pytest -m "not slow" tests/unit tests/integration $(ARGS)
 
 test-unit: install ## Run the in-process unit tests only (under 2 minutes)
