@@ -36,10 +36,12 @@ def test_two_workers_train_like_one_worker_with_two_devices(tmp_path):
     assert run_files(cluster_dir) == run_files(mirrored_dir)
 
 
-def test_a_dead_worker_stops_the_cluster(tmp_path):
+def launch_until_training(*overrides):
+    """Starts `capsrun launch workers=2 -- train experiment=smoke epochs=50 OVERRIDES` and reads its
+    output until the first progress line of epoch 1; returns (the launcher process, {worker: pid})."""
     process = subprocess.Popen(
         [sys.executable, "-m", "capsrun", "launch", "workers=2", "--", "train", "experiment=smoke", "epochs=50",
-         f"hydra.run.dir={tmp_path / 'run'}"],
+         *overrides],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     pids = {}
@@ -49,6 +51,11 @@ def test_a_dead_worker_stops_the_cluster(tmp_path):
             pids[int(match.group(1))] = int(match.group(2))
         if "epoch 1/50" in line:
             break
+    return process, pids
+
+
+def test_a_dead_worker_stops_the_cluster(tmp_path):
+    process, pids = launch_until_training(f"hydra.run.dir={tmp_path / 'run'}")
     os.kill(pids[1], signal.SIGKILL)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode != 0
@@ -65,18 +72,8 @@ def test_sigterm_to_one_worker_stops_every_worker_after_the_same_loop(tmp_path):
     from capsrun.errors import EXIT_INTERRUPTED
 
     run_dir = tmp_path / "run"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "capsrun", "launch", "workers=2", "--", "train", "experiment=smoke", "epochs=50",
-         "trainer.steps_per_loop=4", "trainer.log_every_steps=4", f"hydra.run.dir={run_dir}"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    pids = {}
-    for line in process.stdout:
-        match = re.match(r"capsrun launch: started worker (\d) \(pid (\d+)\)", line)
-        if match:
-            pids[int(match.group(1))] = int(match.group(2))
-        if "epoch 1/50" in line:
-            break
+    process, pids = launch_until_training("trainer.steps_per_loop=4", "trainer.log_every_steps=4",
+                                          f"hydra.run.dir={run_dir}")
     os.kill(pids[1], signal.SIGTERM)  # worker 1 only: the chief learns of it through the loop's sums
     _, stderr = process.communicate(timeout=180)
     assert process.returncode == EXIT_INTERRUPTED, stderr[-3000:]
