@@ -136,9 +136,12 @@ def fast_routing(body: Body, votes: tf.Tensor, weights: Sequence[tf.Tensor] = ()
 
         def gradient(d_parents, d_coupling):
             view.pairs = []
-            upstream = [tf.zeros_like(parents) if d_parents is None else d_parents,
-                        tf.zeros_like(coupling) if d_coupling is None else d_coupling]
-            _, *d_weights = tape.gradient([parents, coupling], [anchor, *weights], output_gradients=upstream,
+            # The coupling is rarely part of the loss (None here): leaving it out of the targets
+            # saves a [B, J, I] zeros tensor and its add into the last normalisation's gradient.
+            targets = [parents] if d_coupling is None else [parents, coupling]
+            upstream = [tf.zeros_like(parents) if d_parents is None else d_parents]
+            upstream += [] if d_coupling is None else [d_coupling]
+            _, *d_weights = tape.gradient(targets, [anchor, *weights], output_gradients=upstream,
                                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
             return (view.gradient(), *d_weights)
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from capsrun.models.routing.max_min import LOWER_BOUND, UPPER_BOUND
+from capsrun.models.ops import EPSILON
+from capsrun.models.routing.max_min import LOWER_BOUND, UPPER_BOUND, max_min_excess, max_min_normalize
 from tests.unit.models.routing_checks import (
     assert_gradients_match_finite_differences,
     make_layer,
@@ -60,6 +61,34 @@ def test_max_min_routes_far_from_uniform():
     coupling = make_layer("max_min", 3)(tf.constant(make_votes(seed=1, scale=2.0)))[1].numpy()
     middle = (coupling > 0.1) & (coupling < 0.9)
     assert middle.mean() < 0.5  # most couplings are pushed to the bounds
+
+
+def plain_normalize(logits):
+    """The max-min formula as plain TensorFlow ops, differentiated by autodiff."""
+    smallest = tf.reduce_min(logits, axis=1, keepdims=True)
+    spread = tf.maximum(tf.reduce_max(logits, axis=1, keepdims=True) - smallest, EPSILON)
+    return LOWER_BOUND + (UPPER_BOUND - LOWER_BOUND) * (logits - smallest) / spread
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(np.float64, 1e-12), (np.float32, 2e-6)])
+def test_written_out_normalisation_gradient_matches_autodiff(dtype, tolerance):
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(3, 5, 7)) * 4.0
+    logits[0, :, 2] = 1.5  # one input capsule whose parents all agree equally: the EPSILON floor
+    logits = tf.constant(logits.astype(dtype))
+    upstream = tf.constant(rng.normal(size=(3, 5, 7)).astype(dtype))
+    results = []
+    for normalize in (plain_normalize, max_min_normalize):
+        with tf.GradientTape() as tape:
+            tape.watch(logits)
+            coupling = normalize(logits)
+        results.append((coupling.numpy(), tape.gradient(coupling, logits, output_gradients=upstream).numpy()))
+    (plain_c, plain_grad), (fast_c, fast_grad) = results
+    np.testing.assert_allclose(fast_c, plain_c, rtol=tolerance, atol=tolerance)
+    # gradients through the floor are (ub - lb) / EPSILON large: compare relative to the largest
+    np.testing.assert_allclose(fast_grad, plain_grad, rtol=0, atol=tolerance * np.abs(plain_grad).max())
+    assert np.abs(plain_grad[0, :, 2]).max() > 1e3  # the floored column was exercised
+    np.testing.assert_allclose(max_min_excess(logits).numpy() + LOWER_BOUND, plain_c, rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.parametrize("iterations", [2, 3])
