@@ -67,6 +67,10 @@ RATIOS = [  # (key, label, numerator row, denominator row, format)
 ]
 
 
+MODEL_LABELS = {"capsnet": "CapsNet", "efficient_capsnet": "Efficient-CapsNet"}
+"""How the table names the measured `model.name`."""
+
+
 ROUTING_COLUMNS = "routing", "layer ms", "plain ms", "vs plain", "vs dynamic", "train img/s", "train ms"
 """Columns of the routing table (`format_routing_table`)."""
 
@@ -84,8 +88,8 @@ def run_bench(cfg: DictConfig) -> dict:
     report = {"machine": machine_info(), "load_average_before": list(os.getloadavg()), "config": {
         "batch_sizes": list(cfg.batch_sizes), "warmup_steps": cfg.warmup_steps, "timed_steps": cfg.timed_steps,
         "mixed_precision": cfg.trainer.mixed_precision, "jit_compile": jit, "data": cfg.data.name,
-        "routing_iterations": cfg.model.routing_iterations, "routings": list(cfg.routings or []),
-        "routing_batch_size": cfg.routing_batch_size,
+        "model": cfg.model.name, "routing_iterations": cfg.model.routing_iterations,
+        "routings": list(cfg.routings or []), "routing_batch_size": cfg.routing_batch_size,
     }}
     by_size = {}
     for batch_size in sorted(set(cfg.batch_sizes), reverse=True):  # the largest first, in a fresh process
@@ -120,9 +124,12 @@ def _contestants(cfg: DictConfig, splits: DataSplits, batch: tuple, batch_size: 
     model = build_model(cfg.model, cfg.loss, spec)
     report["parameters"] = int(model.count_params())
     report["macs_per_image"] = count_macs(model)
-    primary = model.primary_caps(model.conv1(unpack(batch)[0]))  # u [B, I, K]: input of the digit-caps rows
+    primary = model.primary_capsules(unpack(batch)[0])  # u [B, I, K]: input of the digit-caps rows
     networks = [("capsrun", model)]
-    if cfg.include_reference:
+    is_capsnet = cfg.model.name == "capsnet"  # the plain reference and the conv-only bound exist for it only
+    if not is_capsnet and (cfg.include_reference or cfg.include_conv_bound):
+        log.info(f"{cfg.model.name}: no reference or conv-only rows (they are the CapsNet's)")
+    if cfg.include_reference and is_capsnet:
         reference = build_reference(cfg.model, cfg.loss, spec)
         reference.copy_weights(model)
         networks.append(("reference", reference))
@@ -133,7 +140,7 @@ def _contestants(cfg: DictConfig, splits: DataSplits, batch: tuple, batch_size: 
         rows.append((f"{name}_train", steps["train"], batch))
         if cfg.include_eval:
             rows.append((f"{name}_eval", steps["eval"], batch))
-        if cfg.include_conv_bound and network is model:
+        if cfg.include_conv_bound and network is model and is_capsnet:
             rows.append(("conv_only", steps["conv_only"], batch))
         if cfg.include_digit_caps:
             rows.append((f"digit_caps_{name}", steps["digit_caps"], primary))
@@ -254,7 +261,7 @@ def routing_contestants(cfg: DictConfig, splits: DataSplits, batch: tuple, batch
         model = build_model(OmegaConf.merge(cfg.model, {"routing": name}), cfg.loss, spec)
         models[name] = model
         router = model.digit_caps.router
-        votes = model.digit_caps.votes(model.primary_caps(model.conv1(unpack(batch)[0])))
+        votes = model.digit_caps.votes(model.primary_capsules(unpack(batch)[0]))
         optimizer = make_optimizer(cfg.optimizer, steps_per_epoch, cfg.trainer.mixed_precision)
         rows += [(f"layer_{name}", routing_step(router, router), votes),
                  (f"plain_{name}", routing_step(lambda v, n=name, r=router: plain_route(n, r, v), router), votes),
@@ -450,10 +457,11 @@ def format_table(report: dict) -> str:
     """The report as a text table: one row per measurement, one column group per batch size."""
     machine, config, results = report["machine"], report["config"], report["results"]
     device = ", ".join(machine["gpus"]) or f"{machine['cpu']}, {machine['cpu_cores']} CPU cores"
+    model = config.get("model", "capsnet")
     lines = [
         f"capsrun bench: {device}, TensorFlow {machine['tensorflow']}, precision {config['mixed_precision']}, "
         f"XLA {'on' if config['jit_compile'] else 'off'}",
-        f"CapsNet with {report['parameters']:,} parameters"
+        f"{MODEL_LABELS.get(model, model)} with {report['parameters']:,} parameters"
         + (f", {report['macs_per_image'] / 1e6:,.1f}M MACs per image" if report.get("macs_per_image") else "")
         + f", {config['routing_iterations']} routing iterations; "
         f"ms/step = median of {config['timed_steps']} steps after {config['warmup_steps']} warm-up steps",

@@ -16,6 +16,10 @@ from capsrun.config.validation import validate
 from capsrun.errors import CapsrunError
 from capsrun.models.routing import ROUTINGS
 
+CAPSULE_MODELS = ("capsnet", "efficient_capsnet")
+"""`model.name`s bench measures: networks with `primary_capsules` and class capsules `digit_caps`
+(capsrun.models.capsnet.CapsuleNetwork); the reference and conv-only rows are the CapsNet's."""
+
 SPEC = CommandSpec("bench", "[key=value ...]", path_keys=frozenset({"output"}),
                    groups=frozenset({"data", "model", "loss", "optimizer", "trainer"}))
 
@@ -54,8 +58,9 @@ def check_bench_config(cfg: DictConfig) -> None:
             close = difflib.get_close_matches(name, list(ROUTINGS), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise CapsrunError(f"routings: unknown routing '{name}'{hint} (choose from {', '.join(ROUTINGS)})")
-    if cfg.model.name != "capsnet":
-        raise CapsrunError(f"capsrun bench measures CapsNets; model.name must be 'capsnet', got '{cfg.model.name}'")
+    if cfg.model.name not in CAPSULE_MODELS:
+        raise CapsrunError(f"capsrun bench measures capsule networks; model.name must be one of "
+                           f"{', '.join(CAPSULE_MODELS)}, got '{cfg.model.name}'")
     train_view = OmegaConf.merge(OmegaConf.structured(Config), {
         "seed": cfg.seed, "batch_size": max(cfg.batch_sizes),
         **{group: cfg[group] for group in ("data", "model", "loss", "optimizer", "trainer")},

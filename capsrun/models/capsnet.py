@@ -91,9 +91,14 @@ class CapsuleNetwork(keras.Model):
         """Creates all weights by running one zero image through the network."""
         self(tf.zeros([1, *self.image_shape]), training=False)
 
-    def capsules(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """Class capsules v [B, J, D] float32 for images [B, H, W, C] (defined by each network)."""
+    def primary_capsules(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Primary capsules u [B, I, K] for images [B, H, W, C]: everything before the class
+        capsules `digit_caps` (defined by each network)."""
         raise NotImplementedError
+
+    def capsules(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Class capsules v [B, J, D] float32 for images [B, H, W, C]."""
+        return self.digit_caps(self.primary_capsules(images, training=training))
 
     @staticmethod
     def lengths(capsules: tf.Tensor) -> tf.Tensor:
@@ -171,10 +176,9 @@ class CapsNet(CapsuleNetwork):
         )
         self.decoder = Decoder(decoder_units, self.image_shape, name="decoder")
 
-    def capsules(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """Digit capsules v [B, J, D] float32 for images [B, H, W, C]."""
-        features = self.conv1(tf.cast(images, self.compute_dtype))
-        return self.digit_caps(self.primary_caps(features))
+    def primary_capsules(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Primary capsules u [B, I, K] for images [B, H, W, C]: conv1, then the primary capsules."""
+        return self.primary_caps(self.conv1(tf.cast(images, self.compute_dtype)))
 
 
 def build(model_cfg: Any, loss_cfg: Any, spec: InputSpec) -> CapsNet:

@@ -185,11 +185,10 @@ class EfficientCapsNet(CapsuleNetwork):
         self.decoder = Decoder(decoder_units, self.image_shape, hidden_initializer="he_normal",
                                output_initializer="glorot_normal", name="decoder")
 
-    def capsules(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
-        """Class capsules v [B, J, D] float32 for images [B, H, W, C]; `training` switches the
-        batch norms to batch statistics (and updates their moving statistics)."""
-        features = self.features(tf.cast(images, self.compute_dtype), training=training)
-        return self.digit_caps(self.primary_caps(features))
+    def primary_capsules(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Primary capsules u [B, I, K] for images [B, H, W, C]; `training` switches the batch
+        norms to batch statistics (and updates their moving statistics)."""
+        return self.primary_caps(self.features(tf.cast(images, self.compute_dtype), training=training))
 
 
 def check_sizes(image_shape: Sequence[int], filters: Sequence[int], kernels: Sequence[int],

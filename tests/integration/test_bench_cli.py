@@ -73,11 +73,26 @@ def test_bench_command_prints_the_table_and_writes_bench_json(tmp_path):
     assert "steps_per_loop" in result.stdout and f"{loop['loop_vs_single']:.2f}x" in result.stdout
 
 
+def test_bench_measures_efficient_capsnet_without_the_capsnet_only_rows(tmp_path):
+    result = run_cli("bench", "model=efficient_capsnet", "batch_sizes=[4]", "warmup_steps=1", "timed_steps=2",
+                     "pipeline_batches=2", "include_eval=false", "routings=[self_attention]", "routing_batch_size=4",
+                     "loop_models=null", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    (results,) = report["results"]
+    assert {"capsrun_train", "digit_caps_capsrun"} <= set(results)
+    assert not {"reference_train", "conv_only", "digit_caps_reference"} & set(results)
+    # 1,573,168 trainable (the paper's 161,824 and the decoder) + 576 batch-norm moving statistics
+    assert report["parameters"] == 1_573_744
+    assert "Efficient-CapsNet with 1,573,744 parameters" in result.stdout
+    assert report["routings"]["rows"]["self_attention"]["train"]["ms_per_step"] > 0
+
+
 def test_bench_command_checks_its_config_before_measuring(tmp_path):
     for args, message in [
         (["timed_steps=0"], "timed_steps must be >= 1"),
         (["batch_sizes=[]"], "batch_sizes must be a non-empty list"),
-        (["model=baseline_cnn"], "capsrun bench measures CapsNets"),
+        (["model=baseline_cnn"], "capsrun bench measures capsule networks; model.name must be one of capsnet"),
         (["timed_step=3"], "timed_step"),
         (["routings=[dynamic,maxmin]"], "routings: unknown routing 'maxmin'; did you mean 'max_min'?"),
         (["routing_batch_size=0"], "routing_batch_size must be >= 1"),
