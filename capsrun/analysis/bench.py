@@ -129,7 +129,11 @@ def _contestants(cfg: DictConfig, splits: DataSplits, batch: tuple, batch_size: 
     is_capsnet = cfg.model.name == "capsnet"  # the plain reference and the conv-only bound exist for it only
     if not is_capsnet and (cfg.include_reference or cfg.include_conv_bound):
         log.info(f"{cfg.model.name}: no reference or conv-only rows (they are the CapsNet's)")
-    if cfg.include_reference and is_capsnet:
+    # the plain reference is the paper's CapsNet: no digit bias, leaky routing or primary scaling
+    paper_shaped = not cfg.model.digit_bias and not cfg.model.leaky_routing and cfg.model.primary_scale == 1.0
+    if cfg.include_reference and is_capsnet and not paper_shaped:
+        log.info("no reference rows: model.digit_bias, leaky_routing and primary_scale are not in the plain reference")
+    if cfg.include_reference and is_capsnet and paper_shaped:
         reference = build_reference(cfg.model, cfg.loss, spec)
         reference.copy_weights(model)
         networks.append(("reference", reference))

@@ -30,7 +30,7 @@ from capsrun.config.schema import COMMAND_SCHEMAS, Config
 from capsrun.config.validation import validate
 from capsrun.errors import CapsrunError
 
-CONFIG_GROUPS = ("data", "model", "loss", "optimizer", "trainer", "experiment", "hparams_search", "debug")
+CONFIG_GROUPS = ("data", "model", "loss", "optimizer", "trainer", "convention", "experiment", "hparams_search", "debug")
 MAX_CHECKED_SWEEP_JOBS = 64
 """A sweep's first 64 jobs are composed and validated before the first one starts."""
 

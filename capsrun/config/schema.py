@@ -65,6 +65,10 @@ class ModelConfig:
     routing: str = "dynamic"
     routing_squash: str = "paper"
     routing_iterations: int = 3
+    initializer: str = "keras"
+    digit_bias: bool = False
+    leaky_routing: bool = False
+    primary_scale: float = 1.0
     decoder_units: List[int] = field(default_factory=lambda: [512, 1024])
     cnn_channels: List[int] = field(default_factory=lambda: [256, 256, 128])
     cnn_kernel: int = 5
@@ -81,6 +85,8 @@ class LossConfig:
     m_minus: float = 0.1
     lambda_: float = 0.5
     recon_weight: float = 0.0005
+    margin_scale: float = 1.0
+    margin_reduction: str = "sum"
 
 
 @dataclass
@@ -88,6 +94,9 @@ class OptimizerConfig:
     name: str = "adam"
     lr: float = 0.001
     decay_rate: float = 0.96
+    decay_steps: Optional[int] = None
+    staircase: bool = True
+    min_lr: float = 0.0
     epsilon: float = 1e-7
 
 

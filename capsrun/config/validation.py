@@ -81,6 +81,19 @@ def validate(cfg: DictConfig) -> None:
     _check(model.name != "efficient_capsnet" or efficient[0][-1] % model.primary_dim == 0,
            f"model=efficient_capsnet groups the {efficient[0][-1]} channels of its last convolution into primary "
            f"capsules of model.primary_dim={model.primary_dim}; choose a divisor of {efficient[0][-1]}")
+    _check(model.initializer in ("keras", "official"),
+           f"model.initializer must be keras or official; got '{model.initializer}'")
+    _check(model.primary_scale > 0, f"model.primary_scale must be > 0, got {model.primary_scale}")
+    for key in ("digit_bias", "leaky_routing"):
+        _check(not model[key] or (model.name == "capsnet" and model.routing == "dynamic"),
+               f"model.{key}=true is an option of the official code's dynamic routing; it needs model=capsnet "
+               f"and model.routing=dynamic (got model.name={model.name}, model.routing={model.routing})")
+    _check(model.initializer == "keras" and model.primary_scale == 1.0 or model.name == "capsnet",
+           "model.initializer and model.primary_scale apply to model=capsnet; keep keras and 1.0 for "
+           f"model={model.name}")
+    _check(loss.margin_scale > 0, f"loss.margin_scale must be > 0, got {loss.margin_scale}")
+    _check(loss.margin_reduction in ("sum", "mean"),
+           f"loss.margin_reduction must be sum or mean; got '{loss.margin_reduction}'")
     for key in ("m_plus", "m_minus"):
         _check(0.0 <= loss[key] <= 1.0, f"loss.{key} must be in [0, 1], got {loss[key]}")
     _check(
@@ -93,6 +106,9 @@ def validate(cfg: DictConfig) -> None:
     _check(opt.lr > 0, f"optimizer.lr must be > 0, got {opt.lr}")
     _check(0 < opt.decay_rate <= 1, f"optimizer.decay_rate must be in (0, 1], got {opt.decay_rate}")
     _check(opt.epsilon > 0, f"optimizer.epsilon must be > 0, got {opt.epsilon}")
+    _check(opt.decay_steps is None or opt.decay_steps >= 1,
+           f"optimizer.decay_steps must be null (one epoch) or >= 1, got {opt.decay_steps}")
+    _check(0 <= opt.min_lr <= opt.lr, f"optimizer.min_lr must be in [0, optimizer.lr], got {opt.min_lr}")
     _check(
         trainer.strategy in STRATEGIES,
         f"trainer.strategy must be one of {', '.join(STRATEGIES)}; got '{trainer.strategy}'",

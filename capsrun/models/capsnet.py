@@ -27,23 +27,26 @@ class Decoder(keras.layers.Layer):
     """
 
     def __init__(self, hidden_units: Sequence[int], image_shape: Sequence[int],
-                 hidden_initializer: str = "glorot_uniform", output_initializer: str = "glorot_uniform", **kwargs):
+                 hidden_initializer: str = "glorot_uniform", output_initializer: str = "glorot_uniform",
+                 bias_initializer: Any = "zeros", **kwargs):
         super().__init__(**kwargs)
         self.hidden_units = tuple(int(units) for units in hidden_units)
         self.image_shape = tuple(int(s) for s in image_shape)
         self.hidden_initializer, self.output_initializer = hidden_initializer, output_initializer
+        self.bias_initializer = bias_initializer
         # Layers are attributes, not a list: tf.train.Checkpoint does not follow Keras' lists.
         self.hidden_names = tuple(f"fc{index + 1}" for index in range(len(hidden_units)))
         for name, units in zip(self.hidden_names, hidden_units):
             setattr(self, name, keras.layers.Dense(units, activation="relu", kernel_initializer=hidden_initializer,
-                                                   name=name))
+                                                   bias_initializer=bias_initializer, name=name))
         pixels = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
         self.output_layer = keras.layers.Dense(pixels, activation="sigmoid", kernel_initializer=output_initializer,
-                                               name="pixels")
+                                               bias_initializer=bias_initializer, name="pixels")
 
     def get_config(self) -> dict:
         return {**super().get_config(), "hidden_units": list(self.hidden_units), "image_shape": list(self.image_shape),
-                "hidden_initializer": self.hidden_initializer, "output_initializer": self.output_initializer}
+                "hidden_initializer": self.hidden_initializer, "output_initializer": self.output_initializer,
+                "bias_initializer": self.bias_initializer}
 
     def call(self, masked_capsules: tf.Tensor) -> tf.Tensor:
         flat = tf.reshape(masked_capsules, [tf.shape(masked_capsules)[0], -1])
@@ -131,6 +134,30 @@ class CapsuleNetwork(keras.Model):
         return {CAPSULES: capsules, SCORES: lengths, RECONSTRUCTIONS: self.reconstruct(capsules, labels)}
 
 
+def _truncated_normal(stddev: float) -> dict:
+    """A serialisable Keras TruncatedNormal(0, stddev) (cut at 2 stddev, like TF1's
+    truncated_normal_initializer)."""
+    return {"class_name": "TruncatedNormal", "config": {"mean": 0.0, "stddev": stddev}}
+
+
+OFFICIAL_BIAS = {"class_name": "Constant", "config": {"value": 0.1}}
+"""Every bias of the official code starts at 0.1 (research/capsules/models/layers/variables.py,
+`bias_variable`; the decoder's `biases_initializer` in layers.py `reconstruction`)."""
+
+
+INITIALIZERS = {
+    # model.initializer -> (conv1 kernel, conv1 bias, primary kernel, primary bias, digit W, decoder kernels,
+    #                       decoder biases); None = the layer's own default
+    "keras": (None, None, None, None, None, None, None),  # Keras defaults; W ~ N(0, W_STDDEV) (layers.py)
+    # The official code (research/capsules in tensorflow/models): conv1 `weight_variable(stddev=5e-2)`
+    # (capsule_model.py), the capsule layers' `weight_variable` default stddev 0.1 (variables.py), the
+    # decoder's truncated_normal_initializer(stddev=0.1) (layers.py `reconstruction`); biases 0.1.
+    "official": (_truncated_normal(0.05), OFFICIAL_BIAS, _truncated_normal(0.1), OFFICIAL_BIAS,
+                 _truncated_normal(0.1), _truncated_normal(0.1), OFFICIAL_BIAS),
+}
+"""The weight initialisations `model.initializer` selects."""
+
+
 @keras.saving.register_keras_serializable(package="capsrun")
 class CapsNet(CapsuleNetwork):
     """Sabour et al.'s capsule network with a reconstruction decoder (see `CapsuleNetwork` for
@@ -154,27 +181,41 @@ class CapsNet(CapsuleNetwork):
         routing: str = "dynamic",
         routing_squash: str = "paper",
         loss: Optional[Union[CapsuleLoss, dict]] = None,
+        initializer: str = "keras",
+        digit_bias: bool = False,
+        leaky_routing: bool = False,
+        primary_scale: float = 1.0,
         **kwargs,
     ):
         super().__init__(image_shape, num_classes, num_targets, loss, **kwargs)
+        conv1_kernel_init, conv1_bias_init, primary_kernel_init, primary_bias_init, digit_init, decoder_init, \
+            decoder_bias_init = INITIALIZERS[initializer]
         self.settings = {
             "conv1_filters": int(conv1_filters), "conv1_kernel": int(conv1_kernel), "primary_maps": int(primary_maps),
             "primary_dim": int(primary_dim), "primary_kernel": int(primary_kernel),
             "primary_strides": int(primary_strides), "digit_dim": int(digit_dim),
             "routing_iterations": int(routing_iterations), "decoder_units": [int(u) for u in decoder_units],
-            "routing": str(routing), "routing_squash": str(routing_squash),
+            "routing": str(routing), "routing_squash": str(routing_squash), "initializer": str(initializer),
+            "digit_bias": bool(digit_bias), "leaky_routing": bool(leaky_routing), "primary_scale": float(primary_scale),
         }
         self.conv1 = keras.layers.Conv2D(
-            conv1_filters, conv1_kernel, activation="relu", padding="valid", name="conv1"
+            conv1_filters, conv1_kernel, activation="relu", padding="valid", name="conv1",
+            kernel_initializer=conv1_kernel_init or "glorot_uniform", bias_initializer=conv1_bias_init or "zeros",
         )
         self.primary_caps = PrimaryCaps(
-            primary_maps, primary_dim, primary_kernel, primary_strides, name="primary_caps"
+            primary_maps, primary_dim, primary_kernel, primary_strides, scale=primary_scale,
+            kernel_initializer=primary_kernel_init or "glorot_uniform", bias_initializer=primary_bias_init or "zeros",
+            name="primary_caps",
         )
         self.digit_caps = DigitCaps(
             self.num_classes, digit_dim, routing_iterations, routing=routing, routing_squash=routing_squash,
-            dtype="float32", name="digit_caps"
+            kernel_initializer=digit_init, routing_bias=digit_bias, leaky=leaky_routing, dtype="float32",
+            name="digit_caps"
         )
-        self.decoder = Decoder(decoder_units, self.image_shape, name="decoder")
+        self.decoder = Decoder(decoder_units, self.image_shape, name="decoder",
+                               **({} if decoder_init is None else {"hidden_initializer": decoder_init,
+                                                                   "output_initializer": decoder_init,
+                                                                   "bias_initializer": decoder_bias_init}))
 
     def primary_capsules(self, images: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Primary capsules u [B, I, K] for images [B, H, W, C]: conv1, then the primary capsules."""
@@ -199,6 +240,10 @@ def build(model_cfg: Any, loss_cfg: Any, spec: InputSpec) -> CapsNet:
         routing=model_cfg.routing,
         routing_squash=model_cfg.routing_squash,
         loss=CapsuleLoss.from_config(loss_cfg),
+        initializer=model_cfg.initializer,
+        digit_bias=model_cfg.digit_bias,
+        leaky_routing=model_cfg.leaky_routing,
+        primary_scale=model_cfg.primary_scale,
         name="capsnet",
     )
     model.build_for_inputs()

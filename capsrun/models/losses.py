@@ -12,18 +12,26 @@ from typing import Any, Dict
 
 import tensorflow as tf
 
+MARGIN_REDUCTIONS = ("sum", "mean")
+"""How the margin loss of one example combines its J classes (`loss.margin_reduction`)."""
+
 
 def margin_loss(lengths: tf.Tensor, targets: tf.Tensor, m_plus: float = 0.9, m_minus: float = 0.1,
-                lambda_: float = 0.5) -> tf.Tensor:
-    """Eq. 4 of the paper, summed over classes.
+                lambda_: float = 0.5, scale: float = 1.0, reduction: str = "sum") -> tf.Tensor:
+    """Eq. 4 of the paper, summed (or averaged) over classes, times `scale`.
 
     lengths: float32 [B, J] capsule lengths. targets: float32 [B, J], 1 for every class present
     (one-hot for MNIST, two-hot for MultiMNIST). Returns float32 [B]:
-    sum_k T_k max(0, m+ - |v_k|)^2 + lambda (1 - T_k) max(0, |v_k| - m-)^2.
+    scale * sum_k T_k max(0, m+ - |v_k|)^2 + lambda (1 - T_k) max(0, |v_k| - m-)^2, or with
+    reduction "mean" that sum / J. The paper: scale 1, "sum". The official code (research/capsules,
+    layers.py `_margin_loss` and `evaluate`): 0.5 * present + 0.5 * lambda * absent, averaged over
+    the batch AND the classes, i.e. scale 0.5 and "mean": 1/20 of the paper's on MNIST.
     """
     present = targets * tf.square(tf.nn.relu(m_plus - lengths))
     absent = lambda_ * (1.0 - targets) * tf.square(tf.nn.relu(lengths - m_minus))
-    return tf.reduce_sum(present + absent, axis=-1)
+    per_class = present + absent
+    combined = tf.reduce_mean(per_class, axis=-1) if reduction == "mean" else tf.reduce_sum(per_class, axis=-1)
+    return combined * scale if scale != 1.0 else combined
 
 
 def reconstruction_loss(images: tf.Tensor, reconstructions: tf.Tensor) -> tf.Tensor:
@@ -47,12 +55,16 @@ class CapsuleLoss:
     m_minus: float = 0.1
     lambda_: float = 0.5
     recon_weight: float = 0.0005
+    margin_scale: float = 1.0
+    margin_reduction: str = "sum"
 
     @classmethod
     def from_config(cls, loss_cfg: Any) -> "CapsuleLoss":
-        """From the `loss` config group (m_plus, m_minus, lambda_, recon_weight)."""
+        """From the `loss` config group (m_plus, m_minus, lambda_, recon_weight, margin_scale,
+        margin_reduction; the last two default to the paper's when absent, as in older runs)."""
         return cls(float(loss_cfg.m_plus), float(loss_cfg.m_minus), float(loss_cfg.lambda_),
-                   float(loss_cfg.recon_weight))
+                   float(loss_cfg.recon_weight), float(loss_cfg.get("margin_scale", 1.0)),
+                   str(loss_cfg.get("margin_reduction", "sum")))
 
     def __call__(self, lengths: tf.Tensor, labels: tf.Tensor, targets: tf.Tensor,
                  reconstructions: tf.Tensor) -> Dict[str, tf.Tensor]:
@@ -62,7 +74,7 @@ class CapsuleLoss:
         targets and reconstructions [B, H, W, C], or [B, T, H, W, C] for one per object.
         """
         margin = margin_loss(lengths, class_targets(labels, lengths.shape[-1]), self.m_plus, self.m_minus,
-                             self.lambda_)
+                             self.lambda_, self.margin_scale, self.margin_reduction)
         reconstruction = reconstruction_loss(targets, reconstructions)
         return {"margin": margin, "reconstruction": reconstruction,
                 "total": margin + self.recon_weight * reconstruction}

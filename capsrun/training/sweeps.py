@@ -54,7 +54,7 @@ MAIN_HPARAMS = ("epochs", "batch_size", "optimizer.lr", "model.name", "model.rou
 """The hyper-parameters listed after the swept keys in the HParams table (the other config keys
 are in each run's `config` text summary and its .hydra/config.yaml)."""
 
-HPARAMS_GROUPS = ("experiment", "hparams_search")
+HPARAMS_GROUPS = ("convention", "experiment", "hparams_search")
 """Config groups whose choice is recorded as a hyper-parameter (they are not keys of a job's config)."""
 
 NOT_HPARAMS = ("hydra", "resume")

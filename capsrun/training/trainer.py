@@ -35,6 +35,7 @@ from capsrun.training.history import RunHistory
 from capsrun.training.profiling import StepProfiler
 from capsrun.training.progress import ProgressLog
 from capsrun.training.run_folder import PathLike, check_writable, session_folder
+from capsrun.training.schedules import learning_rate_schedule
 from capsrun.training.signals import StopRequested
 from capsrun.training.steps import SumMeter, batch_sums
 from capsrun.training.summaries import (
@@ -51,11 +52,9 @@ log = logging.getLogger(__name__)
 
 
 def make_optimizer(opt_cfg: Any, steps_per_epoch: int, mixed_precision: str) -> keras.optimizers.Optimizer:
-    """Adam with lr * decay_rate ** epoch (staircase per epoch, keyed on the optimizer's own
-    iteration count, so a restored optimizer resumes the schedule where it stopped)."""
-    schedule = keras.optimizers.schedules.ExponentialDecay(
-        opt_cfg.lr, decay_steps=max(steps_per_epoch, 1), decay_rate=opt_cfg.decay_rate, staircase=True
-    )
+    """Adam with the learning-rate schedule of capsrun.training.schedules (by default
+    lr * decay_rate ** epoch, staircase per epoch)."""
+    schedule = learning_rate_schedule(opt_cfg, steps_per_epoch)
     optimizer = keras.optimizers.Adam(learning_rate=schedule, epsilon=opt_cfg.epsilon)
     if mixed_precision == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
