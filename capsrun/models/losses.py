@@ -1,6 +1,6 @@
 """Loss terms, per example, in float32: margin loss (eq. 4), reconstruction loss, cross-entropy.
 
-Convention (as in the paper and its reference code): the reconstruction loss of one example is
+Convention (as in the paper and the official code): the reconstruction loss of one example is
 the SUM of squared pixel errors over all pixels (784 for MNIST), and `recon_weight` (0.0005)
 multiplies that sum. Scaling a per-pixel MEAN by 0.0005 instead would make the regulariser
 784x weaker than the paper's.
