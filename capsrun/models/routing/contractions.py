@@ -25,7 +25,8 @@ Why: on the 2-core development machine at batch 128 (votes [128, 10, 1152, 16], 
 backward, 3 iterations) the autodiff forms took 641 ms (max-min), 379 ms (self-attention) and
 586 ms (inverted dot-product) against 204 ms for dynamic routing's hand-written gradient; in this
 form, timed round-robin by `capsrun bench` over 20 rounds on 2026-12-02, 1.02x, 0.62x and 0.99x
-dynamic's time (docs/performance.md, "Routings"). The softmax over the parents has its gradient written out for the same reason.
+dynamic's time (docs/performance.md, "Routings"). The softmax over the parents has its gradient
+written out for the same reason.
 
 The body's own weights (a LayerNorm's gamma and beta, a prior) are passed as tensors, not read
 as variables inside it, so that their gradients come back through the custom gradient.
