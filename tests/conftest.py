@@ -33,10 +33,11 @@ def run_cli(*args, cwd=None, timeout=600, env=None):
 
 
 def checkpoint_values(run_dir):
-    """Every saved variable (weights, Adam moments, counters) of the run's latest checkpoint."""
+    """Every saved variable (weights, Adam moments, counters) of the run's latest checkpoint, but
+    the training clock (wall times, which differ between any two runs)."""
     reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(run_dir / "checkpoints" / "last")))
     return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-            if not name.startswith("_CHECKPOINTABLE_OBJECT_GRAPH")}
+            if not name.startswith(("_CHECKPOINTABLE_OBJECT_GRAPH", "clock/"))}
 
 
 def last_stderr_line(result):

@@ -112,6 +112,9 @@ class TrainerConfig:
     log_every_steps: int = 20
     steps_per_loop: int = 1
     checkpoint_every_steps: Optional[int] = None
+    val_every_steps: Optional[int] = None
+    target_val_accuracy: Optional[float] = None
+    stop_at_val_accuracy: Optional[float] = None
     keep_checkpoints: int = 3
     eval_batch_size: Optional[int] = None
     num_recon_images: int = 8

@@ -131,9 +131,15 @@ def validate(cfg: DictConfig) -> None:
     )
     for key in ("log_every_steps", "steps_per_loop", "keep_checkpoints", "num_recon_images"):
         _check(trainer[key] >= 1, f"trainer.{key} must be >= 1, got {trainer[key]}")
-    for key in ("checkpoint_every_steps", "eval_batch_size"):
+    for key in ("checkpoint_every_steps", "eval_batch_size", "val_every_steps"):
         value = trainer[key]
         _check(value is None or value >= 1, f"trainer.{key} must be null or >= 1, got {value}")
+    for key in ("target_val_accuracy", "stop_at_val_accuracy"):
+        value = trainer[key]
+        _check(value is None or 0 < value <= 1,
+               f"trainer.{key} must be null or a fraction in (0, 1], e.g. 0.985 for 98.5%; got {value}")
+        _check(value is None or data.val_size != 0,
+               f"trainer.{key} needs validation data; set data.val_size > 0 (e.g. data.val_size=5000)")
     _check(_is_profile_steps(trainer.profile_steps),
            "trainer.profile_steps must be null, a number of steps N >= 1 (steps 2 to N + 1), or [first, last] "
            f"global steps with 1 <= first <= last; got {trainer.profile_steps}")

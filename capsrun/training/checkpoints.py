@@ -29,8 +29,11 @@ class RunCheckpoints:
     atomically afterwards, so a crash while saving leaves the previous checkpoint in use.
     """
 
-    def __init__(self, run_dir: PathLike, model: Any, optimizer: Any, progress: TrainingProgress, keep: int = 3):
-        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, progress=progress)
+    def __init__(self, run_dir: PathLike, model: Any, optimizer: Any, progress: TrainingProgress, keep: int = 3,
+                 clock: Optional[tf.Module] = None):
+        self.checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, progress=progress,
+                                              **({} if clock is None else {"clock": clock}))
+        self.without_clock = tf.train.Checkpoint(model=model, optimizer=optimizer, progress=progress)
         root = Path(run_dir) / CHECKPOINTS
         for kind in CHECKPOINT_KINDS:  # a damaged state file: one line naming it, not the manager's traceback
             latest_checkpoint(run_dir, kind)
@@ -47,7 +50,8 @@ class RunCheckpoints:
         """Restores model, optimizer and progress from `path` (a checkpoint prefix); a damaged
         checkpoint, or one of another model, is a CapsrunError saying so."""
         check_model_weights(path, self.checkpoint.model)
-        restore_checkpoint(self.checkpoint, path)
+        # Runs trained before the training clock existed have no `clock`: their time restarts at 0.
+        restore_checkpoint(self.checkpoint if has_child(path, "clock") else self.without_clock, path)
 
 
 def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str, partial: bool = False) -> None:
@@ -88,6 +92,13 @@ def saved_variable_count(path: str, child: str = "model") -> int:
             seen.add(node)
             stack.extend(ref.node_id for ref in graph.nodes[node].children)
     return sum(1 for node in seen if any(attr.name == "VARIABLE_VALUE" for attr in graph.nodes[node].attributes))
+
+
+def has_child(path: str, child: str) -> bool:
+    """Whether the root of the checkpoint at `path` has a child object named `child`."""
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(tf.train.load_checkpoint(path).get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    return any(ref.local_name == child for ref in graph.nodes[0].children)
 
 
 def check_model_weights(path: str, model: Any) -> None:

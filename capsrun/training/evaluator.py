@@ -6,6 +6,7 @@ Every replica returns sums (never means), which are added across replicas and ba
 partial last batch or an empty replica counts exactly. Shapes: N examples, J classes, T objects.
 """
 import logging
+import time
 from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
@@ -14,6 +15,7 @@ import tensorflow as tf
 from capsrun.data.pipeline import eval_dataset, unpack
 from capsrun.data.splits import Split
 from capsrun.models.base import SCORES
+from capsrun.training.clock import timed_call
 from capsrun.training.progress import ProgressLog
 from capsrun.training.steps import batch_sums
 
@@ -37,6 +39,10 @@ class Evaluator:
     [N, J] numpy, the class scores of every example: capsule lengths for a CapsNet) and
     `predictions` (int32 [N] or [N, T] numpy); `capsrun eval` uses them for the misclassified
     digits and for ensembles.
+
+    After each run, `seconds` holds its wall time and `compile_seconds` the part of it spent in
+    batches during which a step function was traced (the first batch, and a partial last one),
+    so that the training clock can leave tracing out (capsrun.training.clock).
     """
 
     def __init__(self, model: Any, strategy: tf.distribute.Strategy, batch_size: int, jit_compile: bool = False,
@@ -45,6 +51,7 @@ class Evaluator:
         self.log_every_steps = log_every_steps
         self.strategy = strategy
         self.batch_size = batch_size
+        self.seconds = self.compile_seconds = 0.0
         replica_step = tf.function(self._replica_step, jit_compile=jit_compile, reduce_retracing=True)
         self._step = tf.function(
             lambda batch: self._sum(strategy.run(replica_step, args=(batch,))), reduce_retracing=True
@@ -83,19 +90,24 @@ class Evaluator:
         log lines (every log_every_steps batches or 30 s), None for none."""
         totals = None
         scores = []
+        start, compile_seconds = time.perf_counter(), 0.0
+        step = self._outputs_step if keep_outputs else self._step
         dataset = self.strategy.experimental_distribute_dataset(eval_dataset(split, self.batch_size))
         batches = -(-len(split) // self.batch_size)
         lines = ProgressLog(progress, batches, self.log_every_steps, logger=log) if progress else None
         for done, batch in enumerate(dataset, 1):
+            result, seconds, traced = timed_call((step,), lambda batch=batch: step(batch))
+            compile_seconds += seconds if traced else 0.0
             if keep_outputs:
-                sums, batch_scores = self._outputs_step(batch)
+                sums, batch_scores = result
                 scores.append(batch_scores.numpy())
             else:
-                sums = self._step(batch)
+                sums = result
             totals = sums if totals is None else {key: totals[key] + sums[key] for key in totals}
             if lines:
                 lines.update(done, min(done * self.batch_size, len(split)), lambda sums=totals: _running(sums))
         totals = {key: value.numpy() for key, value in totals.items()}
+        self.seconds, self.compile_seconds = time.perf_counter() - start, compile_seconds
         count = int(round(float(totals.pop("count"))))
         metrics = {key: float(value) / count for key, value in totals.items() if key.endswith("loss")}
         metrics["accuracy"] = float(totals["correct"]) / count

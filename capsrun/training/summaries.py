@@ -112,7 +112,10 @@ def write_hparams(writers: RunWriters, cfg: DictConfig, trial_id: str, swept: Se
         tf.summary.text("config", "    " + config_yaml.replace("\n", "\n    "))  # indented: Markdown code
 
 
-FINAL_METRICS = ("best_val_accuracy", "val_accuracy", "train_accuracy", "images_per_second")
+FINAL_METRICS = ("best_val_accuracy", "val_accuracy", "train_accuracy", "images_per_second", "training_seconds",
+                 "compile_seconds")
+"""Written as result/<name> at the last step. result/time_to_target_seconds, steps_to_target and
+epochs_to_target are written by the Trainer at the step where validation reached the target."""
 
 
 def write_final_metrics(writers: RunWriters, metrics: Mapping[str, Any]) -> None:

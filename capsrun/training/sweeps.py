@@ -42,6 +42,7 @@ HPARAMS_METRICS = (
     ("", "test/accuracy", "test accuracy"),
     ("", "result/train_accuracy", "train accuracy"),
     ("", "result/images_per_second", "train images/s"),
+    ("", "result/time_to_target_seconds", "time to target s"),
 )
 """(group, tag, display name) of the metric columns of the HParams table, in order (TensorBoard
 shows the first five by default). TensorBoard reads a column as the last value of `tag` in the

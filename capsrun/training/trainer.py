@@ -29,6 +29,7 @@ from capsrun.models.cost import model_cost
 from capsrun.models.registry import build_model
 from capsrun.numbers import percent
 from capsrun.training.checkpoints import RunCheckpoints, TrainingProgress, latest_checkpoint
+from capsrun.training.clock import TrainingClock, first_reaching
 from capsrun.training.distribute import check_batch_size, is_chief, make_strategy, setup_devices, use_jit
 from capsrun.training.evaluator import Evaluator
 from capsrun.training.history import RunHistory
@@ -48,6 +49,10 @@ from capsrun.training.summaries import (
 )
 
 log = logging.getLogger(__name__)
+
+TARGET_KEYS = ("time_to_target_seconds", "steps_to_target", "epochs_to_target")
+"""The time-to-accuracy fields of metrics.json, also written as result/<name> at the step where
+validation first reached trainer.target_val_accuracy."""
 
 
 
@@ -95,8 +100,9 @@ class Trainer:
             # Keras 3 optimizers must create their slots eagerly under a strategy (keras#23085).
             self.optimizer.build(self.model.trainable_variables)
             self.progress = TrainingProgress()
+        self.clock = TrainingClock()
         self.checkpoints = RunCheckpoints(
-            run_dir, self.model, self.optimizer, self.progress, cfg.trainer.keep_checkpoints)
+            run_dir, self.model, self.optimizer, self.progress, cfg.trainer.keep_checkpoints, clock=self.clock)
         self.evaluator = Evaluator(self.model, strategy, cfg.trainer.eval_batch_size or cfg.batch_size,
                                    jit_compile=jit, log_every_steps=cfg.trainer.log_every_steps)
         self.writer = RunWriters(self.run_dir)  # the run's own TensorBoard run and one per phase
@@ -106,6 +112,9 @@ class Trainer:
         self._step = tf.function(self._distributed_step, reduce_retracing=True)
         self._loop = tf.function(self._loop_steps, reduce_retracing=True)
         self.resumed_from: Optional[str] = None
+        self._latest: Optional[dict] = None  # the last metrics.json written
+        self._last_val: Optional[Dict[str, Any]] = None  # the last validation's metrics
+        self._new_best = False  # the last validation was the best so far and checkpoints/best is not saved yet
         self.profiler = StepProfiler(cfg.trainer.profile_steps, session_folder(self.run_dir))
 
     # -- one step -------------------------------------------------------------------------------
@@ -196,7 +205,7 @@ class Trainer:
         self.checkpoints.restore(path)
         self.resumed_from = path
         truncate_events(self.run_dir, self.global_step)
-        self.history.load(source_dir, self.epochs_done)
+        self.history.load(source_dir, self.epochs_done, self.global_step)
         log.info("resumed from %s (epoch %d, step %d)", path, self.epochs_done, self.global_step)
         return path
 
@@ -214,8 +223,9 @@ class Trainer:
         """Trains the remaining epochs; returns the final metrics (also in metrics.json)."""
         if self.resumed_from is None:
             write_hparams(self.writer, self.cfg, trial_id=self.run_dir.name, **self.hparams)
-        if self.epochs_done >= self.cfg.epochs:
-            log.info("all %d epochs are already done; raise `epochs` to train longer", self.cfg.epochs)
+        if self.epochs_done >= self.cfg.epochs or self._stop_reached():
+            log.info("training is already done (%d epochs, or trainer.stop_at_val_accuracy reached); raise "
+                     "`epochs` or trainer.stop_at_val_accuracy to train longer", self.epochs_done)
             return self.history.read() or {"status": "completed", "epochs_completed": self.epochs_done}
         metrics = {"status": "running", "epochs_completed": self.epochs_done}
         with StopRequested() as stop, self.profiler:
@@ -225,11 +235,16 @@ class Trainer:
                 if stop.agreed:
                     self._interrupted(metrics, stop.signal_name or "a stop request from another worker")
                 metrics = self.train_loop_end(epoch, epoch_metrics)
+                if self._stop_reached():
+                    metrics["stopped_at_step"] = self.global_step
+                    log.info("validation accuracy reached trainer.stop_at_val_accuracy=%s at step %d; stopping",
+                             self.cfg.trainer.stop_at_val_accuracy, self.global_step)
+                    break
         metrics["status"] = "completed"
-        self.history.write(metrics)
-        write_final_metrics(self.writer, metrics)
+        self._write_metrics(metrics)
+        write_final_metrics(self.writer, self._latest)
         self.writer.flush()
-        return metrics
+        return self._latest
 
     def train_loop_begin(self, epoch: int) -> tuple:
         """(the distributed dataset of one epoch minus the batches a resumed run already did,
@@ -266,7 +281,8 @@ class Trainer:
             count = min(self.cfg.trainer.steps_per_loop, remaining)
             stop_flag = tf.constant(1.0 if stop.signal_name else 0.0)
             self.profiler.before(self.global_step + 1)
-            sums = {key: float(value) for key, value in self.train_steps(iterator, count, stop_flag).items()}
+            sums = self.clock.timed((self._step, self._loop), lambda count=count, stop_flag=stop_flag: {
+                key: float(value) for key, value in self.train_steps(iterator, count, stop_flag).items()})
             step, ran = self.global_step, int(sums.pop("steps"))
             self.profiler.after(step)
             if sums.pop("non_finite") > 0:
@@ -285,6 +301,11 @@ class Trainer:
                 self.checkpoints.save_last(step)
             if stop.agreed:
                 break
+            if remaining > 0 and crossed(step, ran, self.cfg.trainer.val_every_steps) and len(self.splits.val):
+                self._validate(step)  # the epoch's last step is validated by train_loop_end
+                self._write_metrics(self._latest)
+                if self._stop_reached():
+                    break
         if interval.examples and not stop.agreed:  # the steps since the last log line, so that the end of
             self._log_train(self.global_step, interval)  # each epoch (and a run shorter than N) is logged
         metrics = {"loss": float("nan"), **epoch.means()}
@@ -298,29 +319,32 @@ class Trainer:
         write_scalars(self.writer, "train", values, step)
 
     def train_loop_end(self, epoch: int, train_metrics: dict) -> dict:
-        """Validation, summaries, checkpoints and metrics.json after an epoch; returns metrics."""
+        """Validation (unless the epoch stopped at trainer.stop_at_val_accuracy, just validated),
+        summaries, metrics.json and checkpoints after an epoch; returns metrics. metrics.json is
+        written before the checkpoint: a run killed between the two resumes from the previous
+        checkpoint and drops this epoch's record again."""
         step = self.global_step
-        val = self.evaluator.run(self.splits.val, progress=None if sys.stdout.isatty() else "validation") \
-            if len(self.splits.val) else None
-        self.progress.epoch.assign(epoch + 1)
-        self.progress.step_in_epoch.assign(0)
-        if val is not None:
-            write_scalars(self.writer, "val", {k: v for k, v in val.items() if k == "accuracy" or k.endswith("loss")},
-                          step)
+        partial = self._stop_reached()  # train_loop stopped inside the epoch
+        val = None if partial else self._validate(step, best_checkpoint=False)
+        if partial:
+            val = self._last_val
+        else:
+            self.progress.epoch.assign(epoch + 1)
+            self.progress.step_in_epoch.assign(0)
+        if val is not None and not partial:
             count = min(self.cfg.trainer.num_recon_images, len(self.splits.val))
             write_reconstructions(self.writer, self.model, self.splits.val.images[:count], step)
-        is_best = val is not None and val["accuracy"] > float(self.progress.best_val_accuracy.numpy())
-        if is_best:
-            self.progress.best_val_accuracy.assign(val["accuracy"])
-        self.checkpoints.save_last(step)
-        if is_best:
-            self.checkpoints.save_best(step)
-        self.writer.flush()
         self.history.add_epoch(epoch + 1, step, train_metrics, val)
+        if partial:  # not counted in epochs_completed
+            self.history.records[-1]["partial"] = True
         best = float(self.progress.best_val_accuracy.numpy())
         metrics = self.history.summary("running", self.epochs_done, step, best if best >= 0 else None,
                                        train_metrics, val)
-        self.history.write(metrics)
+        self._write_metrics(metrics)
+        self.checkpoints.save_last(step)
+        if self._new_best:
+            self.checkpoints.save_best(step)
+        self.writer.flush()
         log.info(
             "epoch %d/%d: loss %.4f, train accuracy %s, val accuracy %s, %.0f images/s, %.0f s",
             epoch + 1, self.cfg.epochs, train_metrics["loss"], percent(train_metrics["accuracy"]),
@@ -329,19 +353,90 @@ class Trainer:
         )
         return metrics
 
+    # -- validation and time to accuracy --------------------------------------------------------
+
+    def _validate(self, step: int, best_checkpoint: bool = True) -> Optional[Dict[str, Any]]:
+        """Validates the model at global step `step` (None without validation data): the pass
+        counts on the training clock, its accuracy joins the run's validations, the val/*
+        scalars are written, and the first validation that reaches trainer.target_val_accuracy
+        writes result/time_to_target_seconds, steps_to_target and epochs_to_target at `step`. A
+        new best accuracy is saved to checkpoints/best at once with `best_checkpoint`, else
+        `_new_best` tells the caller to save it."""
+        self._new_best = False
+        if not len(self.splits.val):
+            return None
+        val = self.evaluator.run(self.splits.val, progress=None if sys.stdout.isatty() else "validation")
+        self.clock.add(self.evaluator.seconds - self.evaluator.compile_seconds, traced=False)
+        self.clock.add(self.evaluator.compile_seconds, traced=True)
+        target = self.cfg.trainer.target_val_accuracy
+        reached_before = target is not None and first_reaching(self.history.validations, target) is not None
+        self.history.add_validation(step, step / self.steps_per_epoch, self.clock.seconds, val)
+        write_scalars(self.writer, "val", {k: v for k, v in val.items() if k == "accuracy" or k.endswith("loss")},
+                      step)
+        if target is not None and not reached_before and val["accuracy"] >= target:
+            timing = self._timing()
+            with self.writer.session.as_default(step=step):
+                for name in TARGET_KEYS:
+                    tf.summary.scalar(f"result/{name}", timing[name])
+            log.info("validation accuracy %s reached trainer.target_val_accuracy=%s after %.1f s of training "
+                     "(%d steps, %.2f epochs)", percent(val["accuracy"]), target, *(timing[k] for k in TARGET_KEYS))
+        if val["accuracy"] > float(self.progress.best_val_accuracy.numpy()):
+            self.progress.best_val_accuracy.assign(val["accuracy"])
+            self._new_best = True
+            if best_checkpoint:
+                self.checkpoints.save_best(step)
+                self._new_best = False
+        self._last_val = val
+        if self._latest is not None:  # the summary written after a mid-epoch validation
+            self._latest = {**self._latest, "global_step": step, "val_loss": val["loss"],
+                            "val_accuracy": val["accuracy"],
+                            "best_val_accuracy": float(self.progress.best_val_accuracy.numpy())}
+        self.writer.flush()
+        return val
+
+    def _stop_reached(self) -> bool:
+        """Whether the best validation accuracy so far has reached trainer.stop_at_val_accuracy."""
+        stop_at = self.cfg.trainer.stop_at_val_accuracy
+        return stop_at is not None and float(self.progress.best_val_accuracy.numpy()) >= stop_at
+
+    def _timing(self) -> Dict[str, Any]:
+        """The clock's fields of metrics.json: training_seconds, compile_seconds, target_val_accuracy
+        and, once validation has reached it, time_to_target_seconds, steps_to_target and
+        epochs_to_target (else None)."""
+        target = self.cfg.trainer.target_val_accuracy
+        first = None if target is None else first_reaching(self.history.validations, target)
+        return {
+            "training_seconds": self.clock.seconds,
+            "compile_seconds": float(self.clock.compile_seconds.numpy()),
+            "target_val_accuracy": target,
+            "time_to_target_seconds": None if first is None else first["seconds"],
+            "steps_to_target": None if first is None else first["step"],
+            "epochs_to_target": None if first is None else first["epoch"],
+        }
+
+    def _write_metrics(self, metrics: Optional[dict]) -> None:
+        """Writes metrics.json: `metrics` with the clock's fields (and the run's validations)."""
+        if metrics is None:  # a mid-epoch validation in the first epoch: the history has no summary yet
+            metrics = {"status": "running", "epochs_completed": self.epochs_done, "global_step": self.global_step,
+                       "best_val_accuracy": float(self.progress.best_val_accuracy.numpy()),
+                       "history": self.history.records}
+        self._latest = {**metrics, **self._timing(), "validations": self.history.validations,
+                        "history": self.history.records}
+        self.history.write(self._latest)
+
     # -- ending early ---------------------------------------------------------------------------
 
     def _interrupted(self, metrics: dict, signal_name: str) -> None:
         step = self.global_step
         path = self.checkpoints.save_last(step)
         self.writer.flush()
-        self.history.write({**metrics, "status": "interrupted", "global_step": step})
+        self._write_metrics({**metrics, "status": "interrupted", "global_step": step})
         raise TrainingInterrupted(str(self.run_dir), path, step, signal_name)
 
     def _diverged(self, step: int) -> None:
         self.writer.flush()
-        self.history.write({"status": "diverged", "global_step": step, "epochs_completed": self.epochs_done,
-                            "history": self.history.records})
+        self._write_metrics({"status": "diverged", "global_step": step, "epochs_completed": self.epochs_done,
+                             "history": self.history.records})
         raise TrainingDiverged(str(self.run_dir), step)
 
 

@@ -51,17 +51,20 @@ def test_damaged_run_files_are_one_line_errors_naming_the_file(tmp_path, name, c
 
 
 @pytest.mark.parametrize("content", ['{"status": "running", "history": [{"epoch": 1', '["not", "metrics"]',
-                                     '{"history": [{"step": 3}]}'])
+                                     '{"history": [{"step": 3}]}', '{"validations": [{"step": "3"}]}'])
 def test_a_damaged_metrics_json_is_a_one_line_error_when_resuming(tmp_path, content):
     (tmp_path / "metrics.json").write_text(content)
     with pytest.raises(CapsrunError) as error:
-        RunHistory(tmp_path).load(tmp_path, epochs_done=1)
+        RunHistory(tmp_path).load(tmp_path, epochs_done=1, global_step=8)
     assert str(error.value).startswith(f"{tmp_path / 'metrics.json'} is damaged") and "\n" not in str(error.value)
 
 
 def test_a_sound_metrics_json_continues_the_history(tmp_path):
     history = [{"epoch": 1, "step": 8}, {"epoch": 2, "step": 16}]
-    (tmp_path / "metrics.json").write_text(json.dumps({"status": "interrupted", "history": history}))
+    validations = [{"step": step, "accuracy": 0.5} for step in (4, 8, 12, 16)]
+    (tmp_path / "metrics.json").write_text(json.dumps({"status": "interrupted", "history": history,
+                                                       "validations": validations}))
     resumed = RunHistory(tmp_path)
-    resumed.load(tmp_path, epochs_done=1)
+    resumed.load(tmp_path, epochs_done=1, global_step=12)  # the checkpoint of step 12, inside epoch 2
     assert resumed.records == history[:1]
+    assert resumed.validations == validations[:3]
