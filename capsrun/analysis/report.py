@@ -5,6 +5,8 @@ Reads each job's `.hydra/config.yaml`, `metrics.json` and `eval.json` (layout in
 capsrun.training.run_folder). A job is a finished training run; its test numbers come from
 `capsrun eval`. A sweep over models and routings (`is_comparison`) gets one row per model and
 routing with its parameters, MACs per image and speed, and an error / speed trade-off figure.
+A sweep the paper reports on (Table 1, section 5.2) gets the paper's figure and the gap to it
+beside the measured columns: capsrun.analysis.paper, hooked in by `add_paper_columns`.
 """
 import csv
 import difflib
@@ -18,6 +20,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
 
+from capsrun.analysis.paper import (
+    TEST_ERROR,
+    paper_cells,
+    paper_csv_cells,
+    paper_csv_header,
+    paper_figures,
+    paper_headers,
+    paper_note,
+)
 from capsrun.config.keys import flatten_dict
 from capsrun.errors import CapsrunError
 from capsrun.numbers import PERCENT_DECIMALS, percent, percent_points
@@ -137,8 +148,9 @@ def summarise(jobs: Sequence[Job], keys: Sequence[str]) -> List[dict]:
     for job in jobs:
         groups.setdefault(tuple(json.dumps(job.config.get(key)) for key in keys), []).append(job)
     names = _short_names(keys)
+    figures = paper_figures([[job.config for job in group] for group in groups.values()], setting_keys(jobs))
     rows = []
-    for group in groups.values():
+    for group, figure in zip(groups.values(), figures, strict=True):
         values = {key: group[0].config.get(key) for key in keys}
         errors = [job.evaluation.get("test_error_percent") for job in group if job.evaluation]
         extra = {name: _stats([job.evaluation["extra_tests"][name]["test_error_percent"] for job in group
@@ -164,6 +176,7 @@ def summarise(jobs: Sequence[Job], keys: Sequence[str]) -> List[dict]:
             "model": group[0].config.get("model.name"),
             "routing": job_routing(group[0]),
             "jobs": [job.name for job in group],
+            "paper": figure,  # the paper's figure for this setting (capsrun.analysis.paper), or None
         })
     return sorted(rows, key=lambda row: [_sort_value(row["values"][key]) for key in keys])
 
@@ -190,16 +203,33 @@ def extra_test_names(rows: Sequence[dict]) -> List[str]:
     return sorted({name for row in rows for name in row["extra_test_errors"]})
 
 
-def markdown_table(rows: Sequence[dict]) -> str:
+def add_paper_columns(columns: List[str], body: List[List[str]], rows: Sequence[dict], as_error: bool) -> None:
+    """Inserts the paper's figure and the gap to it (capsrun.analysis.paper) after the measured
+    column they compare with, into the header `columns` and each row's cells of `body`, in place;
+    nothing for a sweep without paper figures. `as_error`: the table shows extra test sets as errors."""
+    for measure, stem, headers in paper_headers(rows, as_error):
+        at = next((i + 1 for i, column in enumerate(columns) if column.startswith(stem)), len(columns))
+        columns[at:at] = headers
+        for cells, row in zip(body, rows, strict=True):
+            cells[at:at] = paper_cells(row, measure, as_error)
+
+
+def markdown_table(rows: Sequence[dict], paper: bool = True) -> str:
+    """One row per setting (Table 1's shape); with the paper's figures beside the measured ones
+    where the sweep has them, unless not `paper`."""
     extras = extra_test_names(rows)
-    columns = (*MD_COLUMNS[:3], *(f"{name} test error % (mean ± std)" for name in extras), *MD_COLUMNS[3:])
-    lines = ["| " + " | ".join(columns) + " |", "| --- |" + " ---: |" * (len(columns) - 1)]
+    columns = [*MD_COLUMNS[:3], *(f"{name} test error % (mean ± std)" for name in extras), *MD_COLUMNS[3:]]
+    body = []
     for row in rows:
         n = f"{row['n_runs']}" + ("" if row["n_evaluated"] == row["n_runs"] else f" ({row['n_evaluated']} evaluated)")
         speed = "n/a" if row["images_per_second"] is None else f"{row['images_per_second']:.0f}"
-        extra = "".join(f"{_pm(row['extra_test_errors'].get(name, (None, None)))} | " for name in extras)
-        lines.append(f"| {row['setting']} | {n} | {_pm(row['test_error'])} | {extra}"
-                     f"{_pm(row['best_val_accuracy'])} | {speed} |")
+        body.append([row["setting"], n, _pm(row["test_error"]),
+                     *(_pm(row["extra_test_errors"].get(name, (None, None))) for name in extras),
+                     _pm(row["best_val_accuracy"]), speed])
+    if paper:
+        add_paper_columns(columns, body, rows, as_error=True)
+    lines = ["| " + " | ".join(columns) + " |", "| --- |" + " ---: |" * (len(columns) - 1),
+             *("| " + " | ".join(cells) + " |" for cells in body)]
     return "\n".join(lines)
 
 
@@ -224,15 +254,15 @@ def _count(value: Optional[float], millions: bool = False) -> str:
 def comparison_table(rows: Sequence[dict], keys: Sequence[str]) -> str:
     """One row per model and routing (and value of any other swept key): parameters, MACs per
     image, training images/s, test error % and the accuracy % on every extra test set (mean ± std
-    over the seeds). A model without a routing shows `-` as its routing."""
+    over the seeds), and the paper's figures beside them where the sweep has them. A model without
+    a routing shows `-` as its routing."""
     extras = extra_test_names(rows)
     others = [key for key in keys if key not in COMPARISON_KEYS]
     names = _short_names(others)
     columns = ["model", "routing", *(["setting"] if others else []), "n runs", "parameters", "MACs / image",
                "train images/s", "test error % (mean ± std)",
                *(f"{name} accuracy % (mean ± std)" for name in extras), "best val. accuracy % (mean ± std)"]
-    lines = ["| " + " | ".join(columns) + " |", "| --- | --- |" + (" --- |" if others else "")
-             + " ---: |" * (len(columns) - 2 - bool(others))]
+    body = []
     for row in rows:
         n = f"{row['n_runs']}" + ("" if row["n_evaluated"] == row["n_runs"] else f" ({row['n_evaluated']} evaluated)")
         speed = row["images_per_second_stats"]
@@ -242,7 +272,10 @@ def comparison_table(rows: Sequence[dict], keys: Sequence[str]) -> str:
                  _speed_pm(speed), _pm(row["test_error"]),
                  *(_pm(row["extra_test_accuracies"].get(name, (None, None))) for name in extras),
                  _pm(row["best_val_accuracy"])]
-        lines.append("| " + " | ".join(cells) + " |")
+        body.append(cells)
+    add_paper_columns(columns, body, rows, as_error=False)
+    lines = ["| " + " | ".join(columns) + " |", "| --- | --- |" + (" --- |" if others else "")
+             + " ---: |" * (len(columns) - 2 - bool(others)), *("| " + " | ".join(cells) + " |" for cells in body)]
     return "\n".join(lines)
 
 
@@ -268,7 +301,8 @@ def markdown_report(sweep: Path, jobs: Sequence[Job], keys: Sequence[str], rows:
            "capsrun.models.cost): metrics.json; accuracy on the extra test sets = 100 - their error; "
            "routing `-`: the model has none." if is_comparison(keys) else ""), "",
         results_table(rows, keys), "",
-        *(["### Test errors by setting", "", markdown_table(rows), ""] if is_comparison(keys) else []),
+        *([note, ""] if (note := paper_note(rows)) else []),
+        *(["### Test errors by setting", "", markdown_table(rows, paper=False), ""] if is_comparison(keys) else []),
         "## Jobs", "",
         "| job | seed | test error % | best val. accuracy % | images/s | checkpoint step |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -293,7 +327,7 @@ def csv_report(rows: Sequence[dict], keys: Sequence[str]) -> str:
                      "best_val_accuracy_percent_mean", "best_val_accuracy_percent_std",
                      "best_val_accuracy_percent_max", "images_per_second_mean", "images_per_second_std",
                      *(f"{name}_accuracy_percent_{stat}" for name in extras for stat in ("mean", "std")),
-                     "parameters", "macs_per_image", "model", "routing", "jobs"])
+                     "parameters", "macs_per_image", "model", "routing", "jobs", *paper_csv_header(rows)])
     for row in rows:
         extra = [value for name in extras for value in row["extra_test_errors"].get(name, (None, None))]
         accuracy = [value for name in extras for value in row["extra_test_accuracies"].get(name, (None, None))]
@@ -304,7 +338,7 @@ def csv_report(rows: Sequence[dict], keys: Sequence[str]) -> str:
         counts = ["" if cell is None else int(cell) for cell in (row["parameters"], row["macs_per_image"])]
         writer.writerow([row["setting"], *[row["values"][key] for key in keys], row["n_runs"], row["n_evaluated"],
                          " ".join(map(str, row["seeds"])), *numbers, *counts, row["model"] or "",
-                         row["routing"] or "-", " ".join(row["jobs"])])
+                         row["routing"] or "-", " ".join(row["jobs"]), *paper_csv_cells(row, rows)])
     return text.getvalue()
 
 
@@ -318,9 +352,17 @@ def _series_label(values: Dict[str, Any]) -> str:
     return ", ".join(parts) or "all jobs"
 
 
+def _paper_test_error(row: dict) -> Optional[Tuple[float, float]]:
+    """(mean, std or 0) of the paper's test error % for the row (capsrun.analysis.paper), else None."""
+    figure = row.get("paper")
+    return (figure.mean, figure.std or 0.0) if figure is not None and figure.measure == TEST_ERROR else None
+
+
 def figure_png(rows: Sequence[dict], keys: Sequence[str], title: str, dpi: int) -> bytes:
     """report.png: test error (validation error where no job was evaluated) by routing
-    iterations, error bars = std over the runs, one series per value of the other keys."""
+    iterations, error bars = std over the runs, one series per value of the other keys; beside
+    each test error the paper has a figure for, that figure as a hollow diamond of the same colour
+    (its error bar the paper's std)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy: only when the figure is drawn
     from matplotlib.figure import Figure
 
@@ -336,15 +378,26 @@ def figure_png(rows: Sequence[dict], keys: Sequence[str], title: str, dpi: int) 
             mean = None if mean is None else 100.0 - mean
         if mean is not None:
             x = row["values"][x_key] if x_key else row["setting"]
-            series.setdefault(_series_label(rest) if x_key else "", []).append((x, mean, std or 0.0, row["n_runs"]))
+            paper = _paper_test_error(row) if use_test else None
+            series.setdefault(_series_label(rest) if x_key else "", []).append((x, mean, std or 0.0, paper))
     figure = Figure(figsize=(6.4, 4.4))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     for number, (label, points) in enumerate(series.items()):
-        xs, means, stds, _ = zip(*points, strict=True)
+        xs, means, stds, papers = zip(*points, strict=True)
         offset = (number - (len(series) - 1) / 2) * 0.04 if x_key else 0.0
-        axes.errorbar([x + offset for x in xs] if x_key else list(xs), means, yerr=stds, marker="o", capsize=4,
-                      label=label or None, linestyle="-" if x_key else "none")
+        xs = [x + offset for x in xs] if x_key else list(xs)
+        drawn = axes.errorbar(xs, means, yerr=stds, marker="o", capsize=4, label=label or None,
+                              linestyle="-" if x_key else "none")
+        beside = 0.015 if x_key else 0.0  # just right of the measured point, so that the error bars stay apart
+        marked = [(x + beside, paper) for x, paper in zip(xs, papers, strict=True) if paper is not None]
+        if marked:
+            axes.errorbar([x for x, _ in marked], [paper[0] for _, paper in marked],
+                          yerr=[paper[1] for _, paper in marked], marker="D", markerfacecolor="none", capsize=3,
+                          color=drawn.lines[0].get_color(), linestyle="none")
+    if any(_paper_test_error(row) for row in rows) and use_test:
+        axes.plot([], [], marker="D", markerfacecolor="none", color="grey", linestyle="none",
+                  label="paper (Sabour et al. 2017, Table 1)")
     if x_key:
         axes.set_xlabel("routing iterations")
         axes.set_xticks(sorted({row["values"][x_key] for row in rows}))
@@ -355,7 +408,7 @@ def figure_png(rows: Sequence[dict], keys: Sequence[str], title: str, dpi: int) 
     axes.set_title(f"{'Test' if use_test else 'Validation'} error of {title}\n"
                    f"mean ± std over {'/'.join(map(str, runs))} run(s) per point", fontsize=10)
     axes.grid(alpha=0.3)
-    if any(series):
+    if axes.get_legend_handles_labels()[0]:  # the labelled series and the paper's marker
         axes.legend()
     figure.tight_layout()
     out = io.BytesIO()

@@ -11,13 +11,16 @@ jobs by the keys the sweep varied other than the seed, and writes into the sweep
               and routings (experiment=routing_comparison) one row per model and routing with
               parameters, MACs per image, images/s, test and affine accuracy, and the figure of
               test error against images/s
-and prints the table.
+For a sweep the paper reports on (Table 1 on MNIST or MultiMNIST with the CapsNet and the baseline
+CNN, or the affine test set of section 5.2), the paper's figure and the gap to it go beside the
+measured ones (capsrun.analysis.paper). Prints the table.
 """
 import contextlib
 import io
 from pathlib import Path
 from typing import List, Sequence
 
+from capsrun.analysis.paper import paper_note
 from capsrun.analysis.report import (
     Job,
     csv_report,
@@ -81,5 +84,7 @@ def report_command(args: List[str]) -> int:
     for name, data in files.items():
         write_bytes_atomic(output / name, data.encode() if isinstance(data, str) else data)
     print(results_table(rows, keys))
+    if paper_note(rows):
+        print(paper_note(rows))
     print(f"wrote {', '.join(str(output / name) for name in files)}")
     return 0

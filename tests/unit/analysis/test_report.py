@@ -1,4 +1,5 @@
-"""`capsrun report` in-process on hand-made sweep folders: grouping over seeds, the affine column."""
+"""`capsrun report` in-process on hand-made sweep folders: grouping over seeds, the affine column, the
+paper's figures beside Table 1, MultiMNIST and affine sweeps."""
 import csv
 import json
 import statistics
@@ -9,9 +10,10 @@ from omegaconf import OmegaConf
 from tests.conftest import compose_config
 
 
-def write_job(folder, routing, recon, seed, error, best, speed, evaluated=True):
+def write_job(folder, routing, recon, seed, error, best, speed, evaluated=True, overrides=()):
     """A finished job folder of a Table 1-shaped sweep: config, metrics.json and eval.json."""
-    cfg = compose_config(f"model.routing_iterations={routing}", f"loss.recon_weight={recon}", f"seed={seed}")
+    cfg = compose_config(f"model.routing_iterations={routing}", f"loss.recon_weight={recon}", f"seed={seed}",
+                         *overrides)
     (folder / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
     (folder / "metrics.json").write_text(json.dumps(
@@ -68,6 +70,121 @@ def test_report_sets_capsnet_against_the_cnn_on_the_affine_test_set(tmp_path):
     assert float(rows["baseline_cnn"]["affine_test_error_percent_mean"]) == pytest.approx(34.0)
     assert float(rows["baseline_cnn"]["test_error_percent_mean"]) == pytest.approx(0.8)
     assert "affine test error % (mean ± std)" in (tmp_path / "report.md").read_text()
+
+
+PAPER_TABLE1 = {(1, 0): (0.34, 0.032), (1, 0.0005): (0.29, 0.011), (3, 0): (0.35, 0.036), (3, 0.0005): (0.25, 0.005)}
+"""Sabour et al. (2017), Table 1, MNIST: (routing iterations, reconstruction weight) -> test error % mean, std."""
+
+
+def test_table1_report_sets_the_papers_figure_and_the_gap_beside_each_setting(tmp_path, capsys):
+    from capsrun.commands.report import report_command
+
+    measured = {(1, 0): 0.40, (1, 0.0005): 0.30, (3, 0): 0.33, (3, 0.0005): 0.31, ("baseline_cnn",): 0.50}
+    for (routing, recon), _ in PAPER_TABLE1.items():
+        for seed in (0, 1):
+            write_job(tmp_path / f"loss.recon_weight={recon},model.routing_iterations={routing},seed={seed}",
+                      routing, recon, seed, measured[(routing, recon)] + 0.02 * seed, 0.99, 100.0)
+    for seed in (0, 1):  # the baseline CNN trained into the same folder (it ignores the two keys)
+        write_job(tmp_path / f"model=baseline_cnn,seed={seed}", 3, 0.0005, seed, 0.50 + 0.02 * seed, 0.99, 40.0,
+                  overrides=["model=baseline_cnn"])
+    assert report_command([f"sweep_dir={tmp_path}", "evaluate=false"]) == 0
+    rows = list(csv.DictReader((tmp_path / "report.csv").open()))
+    assert len(rows) == 5
+    for row in rows:
+        if row["model.name"] == "baseline_cnn":
+            paper, std, mean = 0.39, "", 0.51
+        else:
+            setting = (int(row["model.routing_iterations"]), float(row["loss.recon_weight"]))
+            (paper, std), mean = PAPER_TABLE1[setting], measured[setting] + 0.01
+        assert float(row["paper_test_error_percent"]) == paper
+        assert row["paper_test_error_percent_std"] == ("" if std == "" else repr(std))
+        assert float(row["test_error_gap_percent_points"]) == pytest.approx(mean - paper)
+        assert float(row["test_error_percent_mean"]) == pytest.approx(mean)  # the measured columns stay
+    markdown = (tmp_path / "report.md").read_text()
+    header = "| setting | n runs | test error % (mean ± std) | paper test error % | gap (pp) | best val. accuracy %"
+    assert header in markdown
+    expected_rows = {  # setting: measured test error, paper's figure, gap
+        "routing_iterations=1, recon_weight=0.0, name=capsnet": "0.41 ± 0.014 | 0.34 ± 0.032 | +0.07",
+        "routing_iterations=3, recon_weight=0.0005, name=capsnet": "0.32 ± 0.014 | 0.25 ± 0.005 | +0.07",
+        "routing_iterations=3, recon_weight=0.0, name=capsnet": "0.34 ± 0.014 | 0.35 ± 0.036 | -0.01",
+        "routing_iterations=3, recon_weight=0.0005, name=baseline_cnn": "0.51 ± 0.014 | 0.39 | +0.12"}
+    for setting, cells in expected_rows.items():
+        assert f"| {setting} | 2 | {cells} |" in markdown
+    note = next(line for line in markdown.splitlines() if line.startswith("Paper: "))
+    assert "Sabour, Frost & Hinton (2017)" in note and "Table 1, MNIST" in note and "docs/reproduction.md" in note
+    assert note in capsys.readouterr().out  # printed under the table too
+    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # with the paper's points
+
+
+@pytest.mark.parametrize("case", ["lr_sweep", "other_data", "grouped_over_reconstruction"])
+def test_a_sweep_the_paper_has_no_figure_for_gets_no_paper_columns(tmp_path, case):
+    from capsrun.commands.report import report_command
+
+    extra = ["data=fashion_mnist"] if case == "other_data" else []
+    for number, (routing, recon) in enumerate(PAPER_TABLE1):
+        for seed in (0, 1):
+            lr = ["optimizer.lr=0.01"] if case == "lr_sweep" and number % 2 else []
+            write_job(tmp_path / f"job{number},seed={seed}", routing, recon, seed, 0.3, 0.99, 100.0,
+                      overrides=[*extra, *lr])
+    group_by = ["group_by=[model.routing_iterations]"] if case == "grouped_over_reconstruction" else []
+    assert report_command([f"sweep_dir={tmp_path}", "evaluate=false", *group_by]) == 0
+    header = (tmp_path / "report.csv").read_text().splitlines()[0]
+    assert "paper" not in header and "gap" not in header
+    markdown = (tmp_path / "report.md").read_text()
+    assert "paper test error" not in markdown and "gap (pp)" not in markdown and "Sabour" not in markdown
+
+
+def write_affine_job(folder, overrides, seed, affine_error):
+    cfg = compose_config("data=affnist", f"seed={seed}", *overrides)
+    (folder / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
+    (folder / "metrics.json").write_text(json.dumps({"status": "completed", "best_val_accuracy": 0.99}))
+    (folder / "eval.json").write_text(json.dumps({"test_error_percent": 0.8, "extra_tests": {
+        "affine": {"test_error_percent": affine_error}}}))
+
+
+def test_affnist_reports_set_the_papers_affine_accuracy_beside_the_measured_one(tmp_path):
+    from capsrun.commands.report import report_command
+
+    comparison, settings = tmp_path / "comparison", tmp_path / "settings"
+    for seed in (0, 1):  # a comparison of models and routings: the affine set as accuracy
+        write_affine_job(comparison / f"capsnet,seed={seed}", ["model=capsnet"], seed, 24.0 + 2 * seed)  # 75%
+        write_affine_job(comparison / f"uniform,seed={seed}", ["model.routing=uniform"], seed, 40.0)
+        write_affine_job(comparison / f"cnn,seed={seed}", ["model=baseline_cnn"], seed, 30.0 + 2 * seed)  # 69%
+    assert report_command([f"sweep_dir={comparison}", "evaluate=false"]) == 0
+    rows = {(row["model"], row["routing"]): row for row in csv.DictReader((comparison / "report.csv").open())}
+    assert float(rows["capsnet", "dynamic"]["paper_affine_accuracy_percent"]) == 79.0
+    assert float(rows["capsnet", "dynamic"]["affine_accuracy_gap_percent_points"]) == pytest.approx(75.0 - 79.0)
+    assert float(rows["baseline_cnn", "-"]["paper_affine_accuracy_percent"]) == 66.0
+    assert float(rows["baseline_cnn", "-"]["affine_accuracy_gap_percent_points"]) == pytest.approx(69.0 - 66.0)
+    assert rows["capsnet", "uniform"]["paper_affine_accuracy_percent"] == ""  # the paper routes dynamically
+    markdown = (comparison / "report.md").read_text()
+    assert "| affine accuracy % (mean ± std) | paper affine accuracy % | gap (pp) |" in markdown
+    assert "| 75.00 ± 1.414 | 79 | -4.00 |" in markdown and "| 69.00 ± 1.414 | 66 | +3.00 |" in markdown
+    assert "| 60.00 ± 0.000 | — | — |" in markdown and "section 5.2" in markdown
+    for recon in (0, 0.0005):  # a table of settings: the affine set as error, so the paper's as 100 - 79
+        for seed in (0, 1):
+            write_affine_job(settings / f"recon={recon},seed={seed}", [f"loss.recon_weight={recon}"], seed, 25.0)
+    assert report_command([f"sweep_dir={settings}", "evaluate=false"]) == 0
+    markdown = (settings / "report.md").read_text()
+    assert "| affine test error % (mean ± std) | paper affine test error % | gap (pp) |" in markdown
+    assert "| recon_weight=0.0005 | 2 | 0.80 ± 0.000 | 25.00 ± 0.000 | 21 | +4.00 |" in markdown
+    assert "| recon_weight=0.0 | 2 | 0.80 ± 0.000 | 25.00 ± 0.000 | — | — |" in markdown
+
+
+def test_multimnist_settings_get_table1s_multimnist_column_where_it_has_one():
+    from capsrun.analysis.paper import paper_figures
+
+    def config(model, routing, recon, data="multimnist"):
+        return {"data.name": data, "model.name": model, "model.routing": "dynamic",
+                "model.routing_iterations": routing, "loss.recon_weight": recon}
+
+    groups = [[config("capsnet", 3, 0.0005)], [config("capsnet", 1, 0.0005)], [config("capsnet", 3, 0.0)],
+              [config("baseline_cnn", 3, 0.0005)]]
+    varying = ["model.routing_iterations", "loss.recon_weight", "model.name"]
+    assert [figure and figure.mean for figure in paper_figures(groups, varying)] == [5.2, 7.5, None, 8.1]
+    mixed = [[config("capsnet", 3, 0.0005), config("capsnet", 3, 0.0005, data="mnist")]]
+    assert paper_figures(mixed, ["data.name"]) == [None]  # two data sets: not a paper sweep
 
 
 COMPARISON = {  # (model, routing): (test errors of seeds 0-2, affine errors, images/s, parameters, MACs)
