@@ -32,6 +32,7 @@ from capsrun.analysis.paper import (
 from capsrun.config.keys import flatten_dict
 from capsrun.errors import CapsrunError
 from capsrun.numbers import PERCENT_DECIMALS, percent, percent_points
+from capsrun.training.history import first_reaching
 from capsrun.training.run_folder import EVAL, METRICS, RUN_CONFIG
 
 log = logging.getLogger(__name__)
@@ -142,8 +143,30 @@ def job_routing(job: Job) -> Optional[str]:
     return job.config.get("model.routing") if job.config.get("model.name") == "capsnet" else None
 
 
-def summarise(jobs: Sequence[Job], keys: Sequence[str]) -> List[dict]:
-    """One row per setting: the group's values and statistics over its runs (sample std)."""
+def time_targets(jobs: Sequence[Job], requested: Optional[Sequence[float]] = None) -> List[float]:
+    """The validation accuracies (fractions) whose time to accuracy the report shows: `requested`
+    (report's time_targets), else every trainer.target_val_accuracy the jobs trained with."""
+    if requested:
+        return sorted(float(target) for target in requested)
+    return sorted({float(job.metrics["target_val_accuracy"]) for job in jobs
+                   if job.metrics.get("target_val_accuracy") is not None})
+
+
+def time_to_accuracy(group: Sequence[Job], target: float) -> dict:
+    """Time to validation accuracy `target` over the runs of a setting, read from each run's
+    validations (metrics.json): `seconds` and `epochs` (mean, std) over the runs that reached it,
+    `reached` (how many did) and `runs` (how many were timed: runs trained before the training
+    clock existed have no validations and are left out)."""
+    timed = [job.metrics["validations"] for job in group if job.metrics.get("validations")]
+    first = [record for record in (first_reaching(validations, target) for validations in timed) if record]
+    return {"seconds": _stats([record["seconds"] for record in first]),
+            "epochs": _stats([record["epoch"] for record in first]),
+            "reached": len(first), "runs": len(timed)}
+
+
+def summarise(jobs: Sequence[Job], keys: Sequence[str], targets: Sequence[float] = ()) -> List[dict]:
+    """One row per setting: the group's values and statistics over its runs (sample std), and
+    the time to each validation accuracy of `targets` (`time_to_accuracy`)."""
     groups = {}
     for job in jobs:
         groups.setdefault(tuple(json.dumps(job.config.get(key)) for key in keys), []).append(job)
@@ -177,6 +200,7 @@ def summarise(jobs: Sequence[Job], keys: Sequence[str]) -> List[dict]:
             "routing": job_routing(group[0]),
             "jobs": [job.name for job in group],
             "paper": figure,  # the paper's figure for this setting (capsrun.analysis.paper), or None
+            "time_to_accuracy": {target: time_to_accuracy(group, target) for target in targets},
         })
     return sorted(rows, key=lambda row: [_sort_value(row["values"][key]) for key in keys])
 
@@ -279,6 +303,44 @@ def comparison_table(rows: Sequence[dict], keys: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _target_name(target: float) -> str:
+    """0.985 -> '98.5%'."""
+    return f"{100 * target:.10g}%"
+
+
+def _seconds_pm(stats: tuple) -> str:
+    mean, std = stats
+    if mean is None:
+        return "n/a"
+    return f"{mean:,.1f}" + ("" if std is None else f" ± {std:,.1f}")
+
+
+def time_table(rows: Sequence[dict]) -> str:
+    """Time to accuracy, one row per setting: for each target validation accuracy the training
+    time (training steps and validation passes, tracing excluded; capsrun.training.clock) and the
+    epochs until the first validation that reached it, mean ± std over the runs that did, and how
+    many runs reached it. '' when the report has no targets."""
+    targets = sorted({target for row in rows for target in row["time_to_accuracy"]})
+    if not targets:
+        return ""
+    columns = ["setting", "n runs"]
+    for target in targets:
+        name = _target_name(target)
+        columns += [f"time to {name} val. (s, mean ± std)", f"epochs to {name}", f"reached {name}"]
+    lines = ["| " + " | ".join(columns) + " |", "| --- |" + " ---: |" * (len(columns) - 1)]
+    for row in rows:
+        cells = [row["setting"], str(row["n_runs"])]
+        for target in targets:
+            stats = row["time_to_accuracy"][target]
+            epochs = stats["epochs"]
+            cells += [_seconds_pm(stats["seconds"]),
+                      "n/a" if epochs[0] is None else f"{epochs[0]:.2f}" + ("" if epochs[1] is None
+                                                                            else f" ± {epochs[1]:.2f}"),
+                      f"{stats['reached']}/{stats['runs']}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def results_table(rows: Sequence[dict], keys: Sequence[str]) -> str:
     """The table of the report: `comparison_table` for a model / routing comparison, else
     `markdown_table` (Table 1's shape)."""
@@ -303,6 +365,11 @@ def markdown_report(sweep: Path, jobs: Sequence[Job], keys: Sequence[str], rows:
         results_table(rows, keys), "",
         *([note, ""] if (note := paper_note(rows)) else []),
         *(["### Test errors by setting", "", markdown_table(rows, paper=False), ""] if is_comparison(keys) else []),
+        *(["### Time to accuracy", "", "Training time until the first validation that reached each accuracy "
+           "(training steps and validation passes, tracing and compilation excluded; metrics.json "
+           "`validations`), mean ± std over the runs that reached it; reached: runs that did / runs timed. "
+           "Validation every `trainer.val_every_steps` steps (else each epoch) sets the resolution.", "",
+           table, ""] if (table := time_table(rows)) else []),
         "## Jobs", "",
         "| job | seed | test error % | best val. accuracy % | images/s | checkpoint step |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -317,8 +384,14 @@ def markdown_report(sweep: Path, jobs: Sequence[Job], keys: Sequence[str], rows:
     return "\n".join(lines) + "\n"
 
 
+def _time_csv_cells(stats: dict) -> List[Any]:
+    numbers = [*stats["seconds"], *stats["epochs"]]
+    return ["" if value is None else repr(float(value)) for value in numbers] + [stats["reached"], stats["runs"]]
+
+
 def csv_report(rows: Sequence[dict], keys: Sequence[str]) -> str:
     text = io.StringIO()
+    targets = sorted({target for row in rows for target in row["time_to_accuracy"]})
     writer = csv.writer(text, lineterminator="\n")
     extras = extra_test_names(rows)
     writer.writerow(["setting", *keys, "n_runs", "n_evaluated", "seeds", "test_error_percent_mean",
@@ -327,7 +400,9 @@ def csv_report(rows: Sequence[dict], keys: Sequence[str]) -> str:
                      "best_val_accuracy_percent_mean", "best_val_accuracy_percent_std",
                      "best_val_accuracy_percent_max", "images_per_second_mean", "images_per_second_std",
                      *(f"{name}_accuracy_percent_{stat}" for name in extras for stat in ("mean", "std")),
-                     "parameters", "macs_per_image", "model", "routing", "jobs", *paper_csv_header(rows)])
+                     "parameters", "macs_per_image", "model", "routing", "jobs", *paper_csv_header(rows),
+                     *(f"time_to_{_target_name(target)[:-1]}_{name}" for target in targets
+                       for name in ("seconds_mean", "seconds_std", "epochs_mean", "epochs_std", "reached", "runs"))])
     for row in rows:
         extra = [value for name in extras for value in row["extra_test_errors"].get(name, (None, None))]
         accuracy = [value for name in extras for value in row["extra_test_accuracies"].get(name, (None, None))]
@@ -338,7 +413,8 @@ def csv_report(rows: Sequence[dict], keys: Sequence[str]) -> str:
         counts = ["" if cell is None else int(cell) for cell in (row["parameters"], row["macs_per_image"])]
         writer.writerow([row["setting"], *[row["values"][key] for key in keys], row["n_runs"], row["n_evaluated"],
                          " ".join(map(str, row["seeds"])), *numbers, *counts, row["model"] or "",
-                         row["routing"] or "-", " ".join(row["jobs"]), *paper_csv_cells(row, rows)])
+                         row["routing"] or "-", " ".join(row["jobs"]), *paper_csv_cells(row, rows),
+                         *(cell for target in targets for cell in _time_csv_cells(row["time_to_accuracy"][target]))])
     return text.getvalue()
 
 
@@ -390,7 +466,8 @@ def figure_png(rows: Sequence[dict], keys: Sequence[str], title: str, dpi: int) 
         drawn = axes.errorbar(xs, means, yerr=stds, marker="o", capsize=4, label=label or None,
                               linestyle="-" if x_key else "none")
         beside = 0.015 if x_key else 0.0  # just right of the measured point, so that the error bars stay apart
-        marked = [(x + beside, paper) for x, paper in zip(xs, papers, strict=True) if paper is not None]
+        marked = [(x + beside if x_key else x, paper) for x, paper in zip(xs, papers, strict=True)
+                  if paper is not None]  # without x_key, x is the setting's name (a category)
         if marked:
             axes.errorbar([x for x, _ in marked], [paper[0] for _, paper in marked],
                           yerr=[paper[1] for _, paper in marked], marker="D", markerfacecolor="none", capsize=3,

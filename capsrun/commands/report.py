@@ -31,6 +31,8 @@ from capsrun.analysis.report import (
     results_table,
     setting_keys,
     summarise,
+    time_table,
+    time_targets,
 )
 from capsrun.atomic import unwritable_reason, write_bytes_atomic
 from capsrun.commands import eval as eval_cmd
@@ -65,6 +67,9 @@ def report_command(args: List[str]) -> int:
     if cfg is None:
         return 0
     check_dpi(cfg.dpi)
+    if cfg.time_targets and not all(0 < target <= 1 for target in cfg.time_targets):
+        raise CapsrunError(f"time_targets must be validation accuracies as fractions in (0, 1], e.g. "
+                           f"[0.985,0.99]; got {list(cfg.time_targets)}")
     sweep, folders = find_jobs(cfg.sweep_dir)
     output = Path(cfg.output_dir).expanduser().absolute() if cfg.output_dir else sweep
     if not output.is_dir() or unwritable_reason(output):
@@ -77,7 +82,7 @@ def report_command(args: List[str]) -> int:
     if cfg.evaluate:
         evaluate_missing(jobs, cfg.checkpoint)
     keys = setting_keys(jobs, list(cfg.group_by) if cfg.group_by else None)
-    rows = summarise(jobs, keys)
+    rows = summarise(jobs, keys, time_targets(jobs, cfg.time_targets))
     files = {"report.md": markdown_report(sweep, jobs, keys, rows, len(loaded) - len(jobs)),
              "report.csv": csv_report(rows, keys),
              "report.png": report_png(rows, keys, f"{sweep.parent.name}/{sweep.name}", cfg.dpi)}
@@ -86,5 +91,7 @@ def report_command(args: List[str]) -> int:
     print(results_table(rows, keys))
     if paper_note(rows):
         print(paper_note(rows))
+    if time_table(rows):
+        print(f"\nTime to accuracy (s of training, tracing excluded):\n{time_table(rows)}")
     print(f"wrote {', '.join(str(output / name) for name in files)}")
     return 0

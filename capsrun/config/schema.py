@@ -224,6 +224,7 @@ class ReportConfig:
     evaluate: bool = True
     checkpoint: str = "best"
     group_by: Optional[List[str]] = None
+    time_targets: Optional[List[float]] = None
     output_dir: Optional[str] = None
     dpi: int = 100
 

@@ -14,7 +14,7 @@ so a resumed run keeps counting where its checkpoint left off; the time of the s
 did after its last checkpoint is not counted, as those steps are trained again.
 """
 import time
-from typing import Any, Callable, Optional, Sequence, Tuple
+from typing import Any, Callable, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -43,12 +43,6 @@ class TrainingClock(tf.Module):
         result, seconds, traced = timed_call(functions, call)
         self.add(seconds, traced)
         return result
-
-
-def first_reaching(validations: Sequence[dict], target: float) -> Optional[dict]:
-    """The first of `validations` (dicts with `accuracy`, in training order) whose accuracy is
-    at least `target`, or None."""
-    return next((record for record in validations if record["accuracy"] >= target), None)
 
 
 def tracing_count(functions: Sequence[Any]) -> int:

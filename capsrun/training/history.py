@@ -2,7 +2,7 @@
 after every epoch (and when a run stops early), so that a crash never leaves half a file."""
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 from capsrun.atomic import write_json_atomic
 from capsrun.errors import CapsrunError
@@ -71,6 +71,12 @@ class RunHistory:
         fields = {key: value for key, value in metrics.items() if key not in ("history", "validations")}
         history = {"history": metrics["history"]} if "history" in metrics else {}
         write_json_atomic(self.path, {**fields, **self.static, "validations": self.validations, **history})
+
+
+def first_reaching(validations: Sequence[dict], target: float) -> Optional[dict]:
+    """The first of a run's `validations` (dicts with `accuracy`, in training order) whose
+    accuracy is at least `target`, or None: where time to accuracy is read."""
+    return next((record for record in validations if record["accuracy"] >= target), None)
 
 
 def read_metrics(path: Path) -> Optional[dict]:

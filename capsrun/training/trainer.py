@@ -29,10 +29,10 @@ from capsrun.models.cost import model_cost
 from capsrun.models.registry import build_model
 from capsrun.numbers import percent
 from capsrun.training.checkpoints import RunCheckpoints, TrainingProgress, latest_checkpoint
-from capsrun.training.clock import TrainingClock, first_reaching
+from capsrun.training.clock import TrainingClock
 from capsrun.training.distribute import check_batch_size, is_chief, make_strategy, setup_devices, use_jit
 from capsrun.training.evaluator import Evaluator
-from capsrun.training.history import RunHistory
+from capsrun.training.history import RunHistory, first_reaching
 from capsrun.training.profiling import StepProfiler
 from capsrun.training.progress import ProgressLog
 from capsrun.training.run_folder import PathLike, check_writable, session_folder

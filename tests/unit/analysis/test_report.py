@@ -244,3 +244,62 @@ def test_report_of_runs_without_cost_fields_reads_the_routing_from_the_config(tm
     cnn = Job(tmp_path, {"model.name": "baseline_cnn", "model.routing": "dynamic"}, {}, None)
     assert job_routing(capsnet) == "max_min" and job_routing(cnn) is None
     assert job_routing(Job(tmp_path, capsnet.config, {"routing": "uniform"}, None)) == "uniform"
+
+
+def write_timed_job(folder, lr, seed, validations, target=0.985):
+    """A finished job of a learning-rate sweep trained with trainer.target_val_accuracy=`target`;
+    `validations` [(step, seconds, accuracy)]."""
+    cfg = compose_config(f"optimizer.lr={lr}", f"seed={seed}", f"trainer.target_val_accuracy={target}")
+    (folder / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
+    records = [{"step": step, "epoch": step / 8, "seconds": seconds, "accuracy": accuracy, "loss": 0.1}
+               for step, seconds, accuracy in validations]
+    (folder / "metrics.json").write_text(json.dumps(
+        {"status": "completed", "best_val_accuracy": max(r["accuracy"] for r in records), "images_per_second": 100.0,
+         "global_step": records[-1]["step"], "target_val_accuracy": target, "validations": records}))
+    (folder / "eval.json").write_text(json.dumps({"test_error_percent": 1.0, "step": records[-1]["step"]}))
+
+
+def test_report_gives_time_to_each_target_over_seeds_and_counts_the_runs_that_never_reached_it(tmp_path, capsys):
+    from capsrun.commands.report import report_command
+
+    runs = {  # lr -> one validation list per seed: (step, seconds, accuracy)
+        0.001: [[(4, 10.0, 0.97), (8, 20.0, 0.986), (12, 30.0, 0.991)],
+                [(4, 11.0, 0.985), (8, 22.0, 0.989), (12, 33.0, 0.992)],
+                [(4, 9.0, 0.96), (8, 18.0, 0.98), (12, 27.0, 0.984)]],  # never reaches 98.5%
+        0.002: [[(4, 10.0, 0.99), (8, 20.0, 0.995)], [(4, 12.0, 0.98), (8, 24.0, 0.991)]],
+    }
+    for lr, seeds in runs.items():
+        for seed, validations in enumerate(seeds):
+            write_timed_job(tmp_path / f"optimizer.lr={lr},seed={seed}", lr, seed, validations)
+    assert report_command([f"sweep_dir={tmp_path}", "evaluate=false"]) == 0
+    rows = {float(row["optimizer.lr"]): row for row in csv.DictReader((tmp_path / "report.csv").open())}
+    slow, fast = rows[0.001], rows[0.002]
+    assert float(slow["time_to_98.5_seconds_mean"]) == pytest.approx(15.5)  # 20 s and 11 s; seed 2 never
+    assert float(slow["time_to_98.5_seconds_std"]) == pytest.approx(statistics.stdev([20.0, 11.0]))
+    assert float(slow["time_to_98.5_epochs_mean"]) == pytest.approx((1.0 + 0.5) / 2)
+    assert (slow["time_to_98.5_reached"], slow["time_to_98.5_runs"]) == ("2", "3")
+    assert float(fast["time_to_98.5_seconds_mean"]) == pytest.approx(17.0)  # 10 s, and 24 s (98% < 98.5%)
+    assert fast["time_to_98.5_reached"] == "2"
+    markdown = (tmp_path / "report.md").read_text()
+    assert "### Time to accuracy" in markdown and "| 15.5 ± 6.4 | 0.75 ± 0.35 | 2/3 |" in markdown
+    assert "Time to accuracy" in capsys.readouterr().out
+    # other targets, asked of the finished runs: 99% is reached by 2 of 3 and 2 of 2
+    assert report_command([f"sweep_dir={tmp_path}", "evaluate=false", "time_targets=[0.99]"]) == 0
+    rows = {float(row["optimizer.lr"]): row for row in csv.DictReader((tmp_path / "report.csv").open())}
+    assert float(rows[0.001]["time_to_99_seconds_mean"]) == pytest.approx(31.5)
+    assert rows[0.001]["time_to_99_reached"] == "2" and "time_to_98.5_reached" not in rows[0.001]
+    assert float(rows[0.002]["time_to_99_seconds_mean"]) == pytest.approx(17.0)
+
+
+def test_a_sweep_without_targets_has_no_time_table_and_bad_targets_are_one_line_errors(tmp_path):
+    from capsrun.commands.report import report_command
+    from capsrun.errors import CapsrunError
+
+    for seed in (0, 1):
+        write_job(tmp_path / f"seed={seed}", 3, 0.0005, seed, 0.3, 0.99, 100.0)
+    assert report_command([f"sweep_dir={tmp_path}", "evaluate=false"]) == 0
+    assert "Time to accuracy" not in (tmp_path / "report.md").read_text()
+    assert not any(name.startswith("time_to") for name in next(csv.reader((tmp_path / "report.csv").open())))
+    with pytest.raises(CapsrunError, match=r"time_targets must be validation accuracies as fractions"):
+        report_command([f"sweep_dir={tmp_path}", "evaluate=false", "time_targets=[98.5]"])

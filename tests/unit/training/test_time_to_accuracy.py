@@ -12,7 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from capsrun.config.validation import validate
 from capsrun.data.splits import load_splits
 from capsrun.errors import CapsrunError
-from capsrun.training.clock import TrainingClock, first_reaching, timed_call
+from capsrun.training.clock import TrainingClock, timed_call
+from capsrun.training.history import first_reaching
 from capsrun.training.trainer import Trainer
 from tests.conftest import compose_config
 
