@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 
 def evaluate_run(run_dir: Path, cfg: DictConfig, strategy: Any, devices: Dict[str, Any]) -> Tuple[dict, dict]:
-    """Evaluates one run on its test split and every extra test set (affnist: "affine").
+    """Evaluates one run on its test split and every extra test set (affnist: "affine", or
+    "affnist" for the real affNIST files of data.affine.path, the run's or `cfg`'s).
 
     Returns (report, sets): report = the JSON-ready dict of eval.json (the test split's numbers at
     the top level, each extra set's under extra_tests[name]); sets = {"test" or the extra set's
@@ -36,7 +37,7 @@ def evaluate_run(run_dir: Path, cfg: DictConfig, strategy: Any, devices: Dict[st
     `lengths` float32 [N, J], `predictions` int [N] (or [N, K]), `images` uint8 [N, H, W, C].
     """
     restored = restore_run(run_dir, cfg.checkpoint, cfg.data.test_size, devices, strategy,
-                           multi_digit=True)
+                           multi_digit=True, affine_path=cfg.data.affine.path)
     run_cfg, splits = restored.cfg, restored.splits
     batch_size = cfg.batch_size or run_cfg.trainer.eval_batch_size or run_cfg.batch_size
     check_batch_size(batch_size, strategy)
@@ -135,6 +136,6 @@ def write_outputs(report: dict, sets: dict, cfg: DictConfig) -> List[str]:
 
 def make_strategy_for(run_dir: Path, cfg: DictConfig, devices: Dict[str, Any]) -> Any:
     """Devices and strategy from the first run's trainer settings with the command's overrides."""
-    run_cfg = load_config(run_dir, cfg.data.test_size, devices)
+    run_cfg = load_config(run_dir, cfg.data.test_size, devices, cfg.data.affine.path)
     setup_devices(run_cfg.trainer, run_cfg.seed)
     return make_strategy(run_cfg.trainer)

@@ -4,8 +4,9 @@ Per run, into its folder: eval.json (the numbers), eval_predictions.csv (every t
 label(s), prediction(s) and capsule lengths), misclassified.png, confusion_matrix.png (one label
 per image) and test/* in its TensorBoard. eval.json keeps the test split's numbers at the top
 level (test_accuracy, test_error_percent, ...); every extra test set of the data (affnist: the
-affine set) is evaluated too, its numbers under extra_tests[name] with the same keys, its files
-suffixed `_<name>` and its TensorBoard tags under test/<name>/. MultiMNIST images count as
+affine set, or the real affNIST test set `affnist` with data.affine.path) is evaluated too, its
+numbers under extra_tests[name] with the same keys, its files suffixed `_<name>` and its
+TensorBoard tags under test/<name>/. MultiMNIST images count as
 correct when their two digits are the two longest capsules; per_class_accuracy is then each
 digit's recall. Several runs are also combined into an ensemble that averages their capsule
 lengths (the paper's CIFAR-10 result is an ensemble of 7 models).
@@ -19,12 +20,13 @@ from capsrun.analysis.metrics import ensemble, format_report
 from capsrun.atomic import write_json_atomic
 from capsrun.commands.frontend import CommandSpec, check_dpi, check_output_folder, choice, command_config
 from capsrun.config.validation import test_size_setting
+from capsrun.data.affnist_files import check_path
 from capsrun.errors import CapsrunError
 from capsrun.numbers import percent, percent_points
 from capsrun.training.run_folder import expand_run_dirs, is_run
 
 SPEC = CommandSpec("eval", "run_dir=PATH [key=value ...]",
-                   path_keys=frozenset({"run_dir", "checkpoint", "ensemble_file"}),
+                   path_keys=frozenset({"run_dir", "checkpoint", "ensemble_file", "data.affine.path"}),
                    list_keys=frozenset({"run_dir"}),
                    required=(("run_dir", "run_dir=PATH (a folder written by capsrun train)"),))
 
@@ -39,6 +41,8 @@ def check_settings(cfg: DictConfig) -> None:
         raise CapsrunError(f"max_misclassified must be >= 0, got {cfg.max_misclassified}")
     check_dpi(cfg.dpi)
     test_size_setting(cfg.data.test_size, None)
+    if cfg.data.affine.path is not None:
+        check_path(cfg.data.affine.path)  # before TensorFlow loads: a wrong path fails at once
     if cfg.trainer.jit_compile is not None:
         choice(cfg.trainer.jit_compile, ("auto", "true", "false"), "trainer.jit_compile")
 

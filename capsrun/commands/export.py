@@ -145,7 +145,7 @@ def export_command(args: List[str]) -> int:
         raise CapsrunError(f"{output} already exists; pass overwrite=true or output=ANOTHER_FOLDER")
     from capsrun.training.restore import restore_run  # loads TensorFlow: after the checks
 
-    restored = restore_run(run_dir, cfg.checkpoint)
+    restored = restore_run(run_dir, cfg.checkpoint, extra_tests=False)
     say(f"capsrun export: {run_dir}: checkpoint {restored.checkpoint}")
     shape = ", ".join(map(str, restored.splits.image_shape))
     if kind == "keras":

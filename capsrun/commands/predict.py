@@ -200,7 +200,7 @@ def predict_command(args: List[str]) -> int:
     inputs = read_inputs(paths)
     from capsrun.training.restore import restore_run  # loads TensorFlow: after the inputs are read
 
-    restored = restore_run(run_dir, cfg.checkpoint)
+    restored = restore_run(run_dir, cfg.checkpoint, extra_tests=False)
     if restored.splits.image_shape[-1] != 1:
         raise CapsrunError(f"run {run_dir} was trained on {restored.splits.image_shape} images; "
                            "capsrun predict handles grayscale digits only")

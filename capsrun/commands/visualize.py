@@ -57,7 +57,7 @@ def visualize_command(args: List[str]) -> int:
     from capsrun.training.restore import restore_run
     from capsrun.training.summaries import write_to_run
 
-    restored = restore_run(run_dir, cfg.checkpoint, cfg.data.test_size, multi_digit=True)
+    restored = restore_run(run_dir, cfg.checkpoint, cfg.data.test_size, multi_digit=True, extra_tests=False)
     if not isinstance(restored.model, CapsuleModel):
         raise CapsrunError(f"run {run_dir} trained a {restored.cfg.model.name}, which has no capsules to look "
                            "inside; capsrun visualize needs a CapsNet run")

@@ -26,6 +26,7 @@ class AffineConfig:
     scale_min: float = 0.8
     scale_max: float = 1.2
     translation: float = 6.0
+    path: Optional[str] = None
 
 
 @dataclass
@@ -147,6 +148,20 @@ class InspectData:
 
 
 @dataclass
+class EvalAffine:
+    """`data.affine.path` of `capsrun eval`: null (the run's own) or the real affNIST test files."""
+
+    path: Optional[str] = None
+
+
+@dataclass
+class EvalData(InspectData):
+    """`data.*` of `capsrun eval`: the test size and the affNIST files."""
+
+    affine: EvalAffine = field(default_factory=EvalAffine)
+
+
+@dataclass
 class DeviceOverrides:
     """`trainer.*` settings of `capsrun eval` that replace the run's own (null keeps the run's)."""
 
@@ -163,7 +178,7 @@ class EvalConfig:
     run_dir: Any = MISSING
     checkpoint: str = "best"
     batch_size: Optional[int] = None
-    data: InspectData = field(default_factory=InspectData)
+    data: EvalData = field(default_factory=EvalData)
     trainer: DeviceOverrides = field(default_factory=DeviceOverrides)
     max_misclassified: int = 50
     dpi: int = 100

@@ -17,8 +17,10 @@ def _check(condition: bool, message: str) -> None:
         raise CapsrunError(message)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raises CapsrunError with a one-line message for the first value that cannot work."""
+def validate(cfg: DictConfig, check_files: bool = True) -> None:
+    """Raises CapsrunError with a one-line message for the first value that cannot work.
+    `check_files=False` skips the existence of data.affine.path (for commands that build no extra
+    test set)."""
     _check(cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}")
     _check(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
     data, model, loss, opt, trainer = cfg.data, cfg.model, cfg.loss, cfg.optimizer, cfg.trainer
@@ -43,6 +45,17 @@ def validate(cfg: DictConfig) -> None:
     _check(0 <= affine.rotation_degrees <= 180, "data.affine.rotation_degrees must be in [0, 180]")
     _check(affine.shear >= 0 and affine.translation >= 0, "data.affine.shear and translation must be >= 0")
     _check(0 < affine.scale_min <= affine.scale_max, "data.affine needs 0 < scale_min <= scale_max")
+    if affine.path:
+        _check(data.name == "affnist", f"data.affine.path (the real affNIST test set) applies to runs of "
+                                       f"data=affnist, not data={data.name}: train with data=affnist or set "
+                                       "data.affine.path=null")
+        # affNIST's images are 40x40 (capsrun.data.affnist_files.SIDE; config may not import data)
+        _check(data.canvas_size == 40, "data.affine.path holds affNIST's 40x40 images; keep data.canvas_size=40 "
+                                       f"(got {data.canvas_size})")
+        _check(not check_files or Path(affine.path).expanduser().exists(),
+               f"data.affine.path {affine.path} does not exist; point it at affNIST's test.mat, a folder of its "
+               "test batches 1.mat .. 32.mat, or test.mat.zip / test_batches.zip "
+               "(https://www.cs.toronto.edu/~tijmen/affNIST/), or set data.affine.path=null")
     _check(model.name in MODELS, f"model.name must be one of {', '.join(MODELS)}; got '{model.name}'")
     _check(model.routing in ROUTINGS, f"model.routing must be one of {', '.join(ROUTINGS)}; got '{model.routing}'")
     _check(model.routing_squash in ("paper", "efficient"),

@@ -7,6 +7,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
+from capsrun.data.affnist_files import SIDE as AFFNIST_SIDE
+from capsrun.data.affnist_files import load_affnist
 from capsrun.data.generated import affine_parameters, affine_transform, multimnist, pad_to_canvas
 from capsrun.data.sources import load_source
 from capsrun.errors import CapsrunError
@@ -27,7 +29,8 @@ class Split:
 
 @dataclass
 class DataSplits:
-    """The splits of a run. `extra_tests` holds further test sets (e.g. {"affine": ...})."""
+    """The splits of a run. `extra_tests` holds further test sets (data=affnist: {"affine": ...}, the
+    generated set, or {"affnist": ...}, the real one of data.affine.path)."""
 
     train: Split
     val: Split
@@ -46,11 +49,26 @@ class DataSplits:
         return 1 if self.train.labels.ndim == 1 else self.train.labels.shape[1]
 
 
-def load_splits(data_cfg: Any, seed: int) -> DataSplits:
+def affine_tests(data_cfg: Any, x_test: np.ndarray, y_test: np.ndarray) -> Dict[str, Split]:
+    """The extra test set of data=affnist: {"affnist": the real affNIST test set} when
+    `data.affine.path` is set, else {"affine": the test digits x_test uint8 [N, S, S, C] (already on
+    the canvas) transformed by the affine maps of data.affine}."""
+    if data_cfg.affine.path:
+        if x_test.shape[1:3] != (AFFNIST_SIDE, AFFNIST_SIDE):
+            raise CapsrunError(f"data.affine.path holds affNIST's {AFFNIST_SIDE}x{AFFNIST_SIDE} images but the run's "
+                               f"images are {x_test.shape[1]}x{x_test.shape[2]}; train with data.canvas_size=40")
+        return {"affnist": Split(*load_affnist(data_cfg.affine.path, data_cfg.test_size))}
+    params = affine_parameters(len(x_test), data_cfg.affine)
+    return {"affine": Split(affine_transform(x_test, params), y_test)}
+
+
+def load_splits(data_cfg: Any, seed: int, extra_tests: bool = True) -> DataSplits:
     """Train / validation / test splits. Validation is carved from the training set by a
     permutation fixed by `seed`; `data.train_size` and `data.test_size` truncate for quick runs.
     `data.canvas_size` centres all images on a larger black canvas; `data.name=affnist` adds the
-    affine-transformed test set as `extra_tests["affine"]`."""
+    affine-transformed test set as `extra_tests["affine"]`, or, with `data.affine.path`, the real
+    affNIST test set read from there as `extra_tests["affnist"]` (its first `data.test_size`
+    images). `extra_tests=False` (training, which never tests) builds no extra test set."""
     raw = load_source(data_cfg, seed)
     x_train, y_train, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
     if data_cfg.val_size >= len(x_train):
@@ -68,10 +86,9 @@ def load_splits(data_cfg: Any, seed: int) -> DataSplits:
             raise CapsrunError(f"data.canvas_size={data_cfg.canvas_size} is smaller than the images "
                                f"({x_train.shape[1]}x{x_train.shape[2]})")
         x_train, x_test = pad_to_canvas(x_train, data_cfg.canvas_size), pad_to_canvas(x_test, data_cfg.canvas_size)
-    extra_tests = {}
-    if data_cfg.name == "affnist":
-        params = affine_parameters(len(x_test), data_cfg.affine)
-        extra_tests["affine"] = Split(affine_transform(x_test, params), y_test)
+    extra = {}
+    if data_cfg.name == "affnist" and extra_tests:
+        extra = affine_tests(data_cfg, x_test, y_test)
     if data_cfg.name == "multimnist":
         options = data_cfg.multimnist
 
@@ -92,5 +109,5 @@ def load_splits(data_cfg: Any, seed: int) -> DataSplits:
         test=Split(x_test, y_test),
         num_classes=len(raw.class_names),
         class_names=raw.class_names,
-        extra_tests=extra_tests,
+        extra_tests=extra,
     )

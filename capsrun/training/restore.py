@@ -33,7 +33,8 @@ class RestoredRun:
     model: the model with the checkpoint's weights (on the contract of capsrun.models.base).
     checkpoint: the restored checkpoint prefix; step: its global step.
     splits: the run's data splits (uint8 images [N, H, W, C], int32 labels [N], or [N, T] with
-    `components` [N, T, H, W, C] for T objects per image), with any `extra_tests` (affnist: "affine").
+    `components` [N, T, H, W, C] for T objects per image), with any `extra_tests` (affnist: "affine", or
+    "affnist" with data.affine.path).
     """
 
     run_dir: Path
@@ -48,9 +49,12 @@ class RestoredRun:
         return self.splits.num_classes
 
 
-def load_config(run_dir: PathLike, test_size: Any = None, trainer: Optional[Mapping[str, Any]] = None) -> DictConfig:
+def load_config(run_dir: PathLike, test_size: Any = None, trainer: Optional[Mapping[str, Any]] = None,
+                affine_path: Optional[str] = None, extra_tests: bool = True) -> DictConfig:
     """The run's config on capsrun's typed schema; `test_size` as in `test_size_setting`;
-    `trainer` = {key: value} replaces the run's trainer settings (devices, strategy, ...)."""
+    `trainer` = {key: value} replaces the run's trainer settings (devices, strategy, ...);
+    `affine_path` (not None) replaces the run's data.affine.path (the real affNIST test files).
+    `extra_tests=False`: the caller builds no extra test set, so data.affine.path need not exist."""
     saved = load_run_config(run_dir)
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(Config), saved)
@@ -58,13 +62,15 @@ def load_config(run_dir: PathLike, test_size: Any = None, trainer: Optional[Mapp
         detail = str(error).strip().splitlines()[0]
         raise CapsrunError(f"{Path(run_dir) / RUN_CONFIG} does not fit this capsrun version ({detail})") from None
     cfg.data.test_size = test_size_setting(test_size, cfg.data.test_size)
+    if affine_path is not None:
+        cfg.data.affine.path = str(Path(str(affine_path)).expanduser())
     key = None
     try:
         for key, value in (trainer or {}).items():
             cfg.trainer[key] = value
     except OmegaConfBaseException as error:
         raise CapsrunError(f"trainer.{key}: {str(error).strip().splitlines()[0]}") from None
-    validate(cfg)
+    validate(cfg, check_files=extra_tests)
     return cfg
 
 
@@ -82,9 +88,11 @@ def restore_model(cfg: DictConfig, spec: InputSpec, checkpoint: str) -> Any:
 
 def restore_run(run_dir: PathLike, which: str = "best", test_size: Any = None,
                 trainer: Optional[Mapping[str, Any]] = None, strategy: Optional[tf.distribute.Strategy] = None,
-                multi_digit: bool = False) -> RestoredRun:
-    """Restores `run_dir` with its checkpoint `which` (best | last | PATH); `test_size` and
-    `trainer` as in `load_config`.
+                multi_digit: bool = False, affine_path: Optional[str] = None,
+                extra_tests: bool = True) -> RestoredRun:
+    """Restores `run_dir` with its checkpoint `which` (best | last | PATH); `test_size`,
+    `trainer` and `affine_path` as in `load_config`; `extra_tests=False` leaves out the extra
+    test sets (affnist: the affine or affNIST set), for commands that use only the test split.
 
     The model is built under `strategy.scope()` when a strategy is given (for distributed
     evaluation), else on the default device. A run trained on several digits per image
@@ -93,9 +101,9 @@ def restore_run(run_dir: PathLike, which: str = "best", test_size: Any = None,
     """
     quiet_tensorflow(logging.ERROR)
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir, test_size, trainer)
+    cfg = load_config(run_dir, test_size, trainer, affine_path, extra_tests)
     path = find_checkpoint(str(run_dir), str(which))
-    splits = load_splits(cfg.data, cfg.seed)
+    splits = load_splits(cfg.data, cfg.seed, extra_tests)
     if len(splits.test) == 0:
         raise CapsrunError(f"the test set of {run_dir} is empty; check data.path")
     if splits.num_targets != 1 and not multi_digit:

@@ -455,7 +455,7 @@ def train(cfg: DictConfig, run_dir: PathLike, hparams: Optional[dict] = None) ->
     setup_devices(cfg.trainer, cfg.seed)
     strategy = make_strategy(cfg.trainer)
     check_batch_size(cfg.batch_size, strategy)
-    splits = load_splits(cfg.data, cfg.seed)
+    splits = load_splits(cfg.data, cfg.seed, extra_tests=False)  # training never uses the extra test sets
     if len(splits.train) < cfg.batch_size:
         raise CapsrunError(
             f"only {len(splits.train)} training images for batch_size={cfg.batch_size}; "
