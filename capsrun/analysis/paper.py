@@ -134,7 +134,7 @@ def _measured(row: dict, measure: str, as_error: bool) -> Optional[float]:
     affine accuracy, or its error (100 - accuracy) in a table of errors (`as_error`)."""
     if measure == TEST_ERROR:
         return row["test_error"][0]
-    mean = row["extra_test_errors"].get("affine", (None, None))[0]
+    mean = row["extra_test_errors"].get(affine_set([row]), (None, None))[0]
     if mean is None:
         return None
     return mean if as_error else 100.0 - mean
@@ -144,11 +144,18 @@ def _paper_value(figure: PaperFigure, as_error: bool) -> float:
     return 100.0 - figure.mean if figure.measure == AFFINE_ACCURACY and as_error else figure.mean
 
 
-def beside_column(measure: str, as_error: bool) -> str:
-    """The header stem of the measured column a paper figure of `measure` sits beside."""
+def affine_set(rows: Sequence[dict]) -> str:
+    """The extra test set the paper's affNIST figure compares with: `affnist` (the real affNIST
+    test set, data.affine.path) where the rows have it, else `affine` (the generated one)."""
+    return "affnist" if any("affnist" in row["extra_test_errors"] for row in rows) else "affine"
+
+
+def beside_column(measure: str, as_error: bool, affine: str = "affine") -> str:
+    """The header stem of the measured column a paper figure of `measure` sits beside (`affine`:
+    the name of the affine test set, see `affine_set`)."""
     if measure == TEST_ERROR:
         return "test error %"
-    return "affine test error %" if as_error else "affine accuracy %"
+    return f"{affine} test error %" if as_error else f"{affine} accuracy %"
 
 
 def paper_headers(rows: Sequence[dict], as_error: bool = False) -> List[Tuple[str, str, List[str]]]:
@@ -156,8 +163,8 @@ def paper_headers(rows: Sequence[dict], as_error: bool = False) -> List[Tuple[st
     measured column it goes after, [the paper column's header, the gap column's header]); [] for
     a sweep not compared with the paper. `as_error`: the table shows the affine set's error, not
     its accuracy."""
-    return [(measure, beside_column(measure, as_error), [f"paper {beside_column(measure, as_error)}", "gap (pp)"])
-            for measure in _measures(rows)]
+    stems = {measure: beside_column(measure, as_error, affine_set(rows)) for measure in _measures(rows)}
+    return [(measure, stem, [f"paper {stem}", "gap (pp)"]) for measure, stem in stems.items()]
 
 
 def paper_cells(row: dict, measure: str, as_error: bool = False) -> List[str]:

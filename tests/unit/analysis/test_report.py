@@ -134,13 +134,32 @@ def test_a_sweep_the_paper_has_no_figure_for_gets_no_paper_columns(tmp_path, cas
     assert "paper test error" not in markdown and "gap (pp)" not in markdown and "Sabour" not in markdown
 
 
-def write_affine_job(folder, overrides, seed, affine_error):
+def write_affine_job(folder, overrides, seed, affine_error, name="affine", generated_error=None):
+    """A finished data=affnist job whose eval.json has the extra test set `name` (affine: the
+    generated one; affnist: the real affNIST files), and the generated one too with `generated_error`."""
     cfg = compose_config("data=affnist", f"seed={seed}", *overrides)
     (folder / ".hydra").mkdir(parents=True)
     OmegaConf.save(cfg, folder / ".hydra" / "config.yaml")
     (folder / "metrics.json").write_text(json.dumps({"status": "completed", "best_val_accuracy": 0.99}))
-    (folder / "eval.json").write_text(json.dumps({"test_error_percent": 0.8, "extra_tests": {
-        "affine": {"test_error_percent": affine_error}}}))
+    extra = {name: {"test_error_percent": affine_error}}
+    if generated_error is not None:
+        extra["affine"] = {"test_error_percent": generated_error}
+    (folder / "eval.json").write_text(json.dumps({"test_error_percent": 0.8, "extra_tests": extra}))
+
+
+def test_the_papers_affnist_figure_sits_beside_the_real_affnist_set_where_a_job_has_it(tmp_path):
+    from capsrun.commands.report import report_command
+
+    for seed in (0, 1):
+        write_affine_job(tmp_path / f"capsnet,seed={seed}", ["model=capsnet"], seed, 22.0, name="affnist",
+                         generated_error=30.0 if seed else None)
+        write_affine_job(tmp_path / f"cnn,seed={seed}", ["model=baseline_cnn"], seed, 35.0, name="affnist")
+    assert report_command([f"sweep_dir={tmp_path}", "evaluate=false"]) == 0
+    rows = {row["model"]: row for row in csv.DictReader((tmp_path / "report.csv").open())}
+    assert float(rows["capsnet"]["affine_accuracy_gap_percent_points"]) == pytest.approx(78.0 - 79.0)
+    assert float(rows["baseline_cnn"]["affine_accuracy_gap_percent_points"]) == pytest.approx(65.0 - 66.0)
+    assert "| affnist accuracy % (mean ± std) | paper affnist accuracy % | gap (pp) |" in (
+        tmp_path / "report.md").read_text()
 
 
 def test_affnist_reports_set_the_papers_affine_accuracy_beside_the_measured_one(tmp_path):
