@@ -42,9 +42,32 @@ def bounding_box_overlap(components):
     return np.asarray(overlaps)
 
 
-def numpy_squash(s):
-    norm2 = np.sum(s**2, axis=-1, keepdims=True)
-    return norm2 / (1 + norm2) * s / np.sqrt(norm2)
+def numpy_dynamic_routing(votes, iterations, bias=None, leaky=False):
+    """Procedure 1 of the paper in NumPy, one example at a time, on votes [B, J, I, D] float64;
+    returns (v [B, J, D], c [B, J, I]). Options of the official code: s_j += bias_j ([J, D]) and,
+    if leaky, one extra parent of logit 0 in the softmax whose share is dropped (`_leaky_routing`)."""
+    batch, parents, inputs, _ = votes.shape
+    all_v, all_c = [], []
+    for b in range(batch):
+        logits = np.zeros((parents, inputs))
+        for r in range(iterations):
+            padded = np.concatenate([np.zeros((1, inputs)), logits]) if leaky else logits
+            exponentials = np.exp(padded - padded.max(axis=0))
+            c = (exponentials / exponentials.sum(axis=0))[1 if leaky else 0:]
+            s = np.einsum("ji,jid->jd", c, votes[b]) + (0 if bias is None else bias)
+            v = numpy_squash(s)
+            if r < iterations - 1:
+                logits = logits + np.einsum("jid,jd->ji", votes[b], v)
+        all_v.append(v)
+        all_c.append(c)
+    return np.stack(all_v), np.stack(all_c)
+
+
+def numpy_squash(s, epsilon=1e-7):
+    """Sabour et al. eq. 1 along the last axis, float64, with capsrun's 1e-7 under the square root
+    of the length (capsrun.models.ops.EPSILON; it matters for short vectors)."""
+    squared = np.sum(s * s, axis=-1, keepdims=True)
+    return squared / (1.0 + squared) * s / np.sqrt(squared + epsilon)
 
 
 def assert_same(fast, plain, rtol, atol_fraction):

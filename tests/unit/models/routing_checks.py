@@ -1,5 +1,5 @@
 """Shared checks of the routing tests (tests/unit/models/test_routing_*.py): votes that route
-far from uniformly, a NumPy squash, central finite differences of a routing layer in float64,
+far from uniformly, the NumPy squash of tests.helpers, central finite differences of a routing layer in float64,
 and one training step plus a checkpoint round trip of the real CapsNet with a routing."""
 import numpy as np
 import tensorflow as tf
@@ -8,6 +8,7 @@ from capsrun.models.base import InputSpec
 from capsrun.models.registry import build_model
 from capsrun.models.routing import get_routing
 from tests.conftest import compose_config
+from tests.helpers import numpy_squash  # noqa: F401  (re-exported: the routing tests import it from here)
 
 SHAPE = (2, 4, 6, 5)
 """Votes [B, J, I, D] of the small tests: 2 examples, 4 parents, 6 inputs, 5 dimensions."""
@@ -23,13 +24,6 @@ def make_votes(seed=0, shape=SHAPE, scale=1.5, dtype=np.float64):
     weight = rng.gamma(0.5, 2.0, size=(batch, parents, inputs, 1))
     votes = direction * weight + 0.3 * rng.normal(size=shape)
     return (scale * votes).astype(dtype)
-
-
-def numpy_squash(s, epsilon=1e-7):
-    """Sabour et al. eq. 1 along the last axis, float64, with capsrun's 1e-7 under the square root
-    of the length (capsrun.models.ops.EPSILON; it matters for short vectors)."""
-    squared = np.sum(s * s, axis=-1, keepdims=True)
-    return squared / (1.0 + squared) * s / np.sqrt(squared + epsilon)
 
 
 def numpy_softmax(logits, axis):

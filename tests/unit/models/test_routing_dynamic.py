@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from capsrun.models.ops import squash
 from capsrun.models.routing.dynamic import route
-from tests.helpers import assert_same, dynamic_routing, numpy_squash
+from tests.helpers import assert_same, dynamic_routing, numpy_dynamic_routing, numpy_squash
 
 
 def plain_routing(predictions, iterations, constant_coupling=False):
@@ -22,28 +22,12 @@ def plain_routing(predictions, iterations, constant_coupling=False):
     return capsules, coupling
 
 
-def numpy_routing(u_hat, iterations):
-    """Procedure 1 of the paper, one example at a time. u_hat: [B, I, J, D]."""
-    batch, inputs, outputs, _ = u_hat.shape
-    all_v, all_c = [], []
-    for b in range(batch):
-        logits = np.zeros((inputs, outputs))
-        for r in range(iterations):
-            c = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-            s = np.einsum("ij,ijd->jd", c, u_hat[b])
-            v = numpy_squash(s)
-            if r < iterations - 1:
-                logits = logits + np.einsum("ijd,jd->ij", u_hat[b], v)
-        all_v.append(v)
-        all_c.append(c)
-    return np.stack(all_v), np.stack(all_c)
-
-
 def test_routing_matches_numpy_reference():
     u_hat = np.random.default_rng(1).normal(size=(3, 20, 10, 16)).astype(np.float32) * 0.3
     for iterations in (1, 2, 3):
         v, c = dynamic_routing(tf.constant(u_hat), iterations)
-        v_ref, c_ref = numpy_routing(u_hat.astype(np.float64), iterations)
+        v_ref, c_ref = numpy_dynamic_routing(np.transpose(u_hat, [0, 2, 1, 3]).astype(np.float64), iterations)
+        c_ref = np.transpose(c_ref, [0, 2, 1])  # [B, I, J], the layout of dynamic_routing
         np.testing.assert_allclose(v.numpy(), v_ref, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(c.numpy(), c_ref, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(c.numpy().sum(axis=-1), 1.0, rtol=1e-5)

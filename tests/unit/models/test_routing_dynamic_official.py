@@ -5,33 +5,13 @@ import pytest
 import tensorflow as tf
 
 from capsrun.models.routing.dynamic import BIAS_INIT
+from tests.helpers import numpy_dynamic_routing
 from tests.unit.models.routing_checks import (
     assert_gradients_match_finite_differences,
     make_layer,
     make_votes,
-    numpy_squash,
     randomize_weights,
 )
-
-
-def numpy_dynamic(votes, iterations, bias=None, leaky=False):
-    """Procedure 1 on votes [B, J, I, D] float64, with s_j += bias_j ([J, D]) and, if leaky, one
-    extra parent of logit 0 in the softmax whose share is dropped (official `_leaky_routing`)."""
-    batch, parents, inputs, _ = votes.shape
-    all_v, all_c = [], []
-    for b in range(batch):
-        logits = np.zeros((parents, inputs))
-        for r in range(iterations):
-            padded = np.concatenate([np.zeros((1, inputs)), logits]) if leaky else logits
-            exponentials = np.exp(padded - padded.max(axis=0))
-            c = (exponentials / exponentials.sum(axis=0))[1 if leaky else 0:]
-            s = np.einsum("ji,jid->jd", c, votes[b]) + (0 if bias is None else bias)
-            v = numpy_squash(s)
-            if r < iterations - 1:
-                logits = logits + np.einsum("jid,jd->ji", votes[b], v)
-        all_v.append(v)
-        all_c.append(c)
-    return np.stack(all_v), np.stack(all_c)
 
 
 @pytest.mark.parametrize("use_bias, leaky", [(True, False), (False, True), (True, True)])
@@ -43,7 +23,7 @@ def test_official_options_match_numpy(use_bias, leaky, iterations):
         randomize_weights(layer, seed=1, scale=0.5)
     parents, coupling = layer(tf.constant(votes))
     bias = layer.bias.numpy() if use_bias else None
-    expected_parents, expected_coupling = numpy_dynamic(votes, iterations, bias, leaky)
+    expected_parents, expected_coupling = numpy_dynamic_routing(votes, iterations, bias, leaky)
     np.testing.assert_allclose(parents.numpy(), expected_parents, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(coupling.numpy(), expected_coupling, rtol=1e-10, atol=1e-12)
     sums = coupling.numpy().sum(axis=1)
