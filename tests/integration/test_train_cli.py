@@ -58,6 +58,22 @@ def test_train_one_epoch_leaves_checkpoints_metrics_and_tensorboard(tmp_path):
     assert folders == {".", "train", "val"}  # no tensorboard/ segment in the TensorBoard run names
 
 
+def test_train_to_a_target_accuracy_records_the_time_and_stops_there(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli("train", "experiment=smoke", "epochs=3", "trainer.val_every_steps=4",
+                     "trainer.target_val_accuracy=0.01", "trainer.stop_at_val_accuracy=0.01",
+                     f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["stopped_at_step"] == 4 == metrics["global_step"]
+    assert metrics["steps_to_target"] == 4 and metrics["epochs_to_target"] == 0.5
+    assert metrics["time_to_target_seconds"] == metrics["validations"][0]["seconds"] > 0
+    assert metrics["compile_seconds"] > metrics["training_seconds"] > 0  # tracing dominates 4 tiny steps
+    session = read_tensorboard(run_dir)
+    assert [event.step for event in session.Tensors("result/time_to_target_seconds")] == [4]
+    assert "reached trainer.target_val_accuracy=0.01" in (run_dir / "train.log").read_text()
+
+
 BAD_INPUTS = [
     (["model.routing_iterations=0"], "model.routing_iterations must be >= 1"),
     (["loss.m_minus=0.95"], "must be smaller than loss.m_plus"),
@@ -73,6 +89,7 @@ BAD_INPUTS = [
     (["model.routing_iteration=2"], "did you mean 'model.routing_iterations'"),
     (["experiment=nope"], "there is no experiment 'nope' (conf/experiment/); choose one of affine_robustness,"),
     (["trainer.mixed_precision=fp8"], "trainer.mixed_precision must be one of"),
+    (["trainer.target_val_accuracy=98.5"], "must be null or a fraction in (0, 1], e.g. 0.985 for 98.5%"),
 ]
 
 
