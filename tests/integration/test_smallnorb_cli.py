@@ -4,6 +4,8 @@ eval` reporting the familiar test views and the `novel` ones; and the one-line e
 without the files."""
 import json
 
+import pytest
+
 from tests.conftest import last_stderr_line, run_cli
 from tests.helpers import smallnorb_info, write_smallnorb
 
@@ -15,7 +17,8 @@ SMOKE_NORB = ["experiment=smoke", "data=smallnorb", "data.val_size=8", "data.tra
 def test_smallnorb_trains_and_eval_reports_familiar_and_novel_viewpoints(tmp_path):
     write_smallnorb(tmp_path / "norb", PAIRS, gz=True)
     run = tmp_path / "run"
-    result = run_cli("train", *SMOKE_NORB, f"data.path={tmp_path / 'norb'}", "data.stereo=true", f"hydra.run.dir={run}")
+    result = run_cli("train", *SMOKE_NORB, f"data.path={tmp_path / 'norb'}", "data.stereo=true", "data.test_crops=13",
+                     f"hydra.run.dir={run}")
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["history"][0]["train_reconstruction_loss"] > 0
@@ -27,6 +30,10 @@ def test_smallnorb_trains_and_eval_reports_familiar_and_novel_viewpoints(tmp_pat
     familiar = int(sum(code in (30, 32, 34, 0, 2, 4) for code in azimuths))
     assert report["data"] == "smallnorb" and report["test_size"] is None
     assert 0 <= report["test_accuracy"] <= 1 and 0 <= report["extra_tests"]["novel"]["test_accuracy"] <= 1
+    for numbers in (report, report["extra_tests"]["novel"]):  # scores averaged over the 13 test crops
+        assert numbers["test_crops"] == 13 and 0 <= numbers["centre_crop_accuracy"] <= 1
+        # per pixel of the reconstructed input, the 32x32 stereo crop (not the stored 48x48 pair)
+        assert numbers["reconstruction_error"] == pytest.approx(numbers["reconstruction_loss"] / (32 * 32 * 2))
     counts = {name: sum(map(sum, matrix)) for name, matrix in
               (("test", report["confusion_matrix"]), ("novel", report["extra_tests"]["novel"]["confusion_matrix"]))}
     assert counts == {"test": familiar, "novel": PAIRS - familiar}

@@ -69,11 +69,12 @@ def test_a_wrong_magic_number_is_one_line_naming_the_file(tmp_path):
     assert "0x1E3D4C99" in message and str(path) in message and "magic" in message and "\n" not in message
 
 
-@pytest.mark.parametrize("cut", [3, 17, 1000])
+@pytest.mark.parametrize("cut", [3, 17, 1000, "padded"])
 def test_a_truncated_file_is_one_line_naming_the_file(tmp_path, cut):
     write_smallnorb(tmp_path, 5, gz=False)
     path = tmp_path / f"{PREFIXES['train']}-dat.mat"
-    path.write_bytes(path.read_bytes()[:-cut] if cut == 1000 else path.read_bytes()[:cut])
+    raw = path.read_bytes()
+    path.write_bytes(raw + b"\0" * 7 if cut == "padded" else raw[:-cut] if cut == 1000 else raw[:cut])
     with pytest.raises(CapsrunError) as error:
         load_smallnorb(tmp_path, 48, use_cache=False)
     assert str(path) in str(error.value) and "truncated" in str(error.value) and "\n" not in str(error.value)
@@ -239,10 +240,46 @@ def test_training_crops_are_random_per_epoch_and_reproducible(norb_folder):
     np.testing.assert_allclose(first.mean(axis=(1, 2, 3)), 0, atol=1e-5)
     np.testing.assert_allclose(first.std(axis=(1, 2, 3)), 1, atol=1e-3)
     np.testing.assert_array_equal(first, epoch(0, 0))
-    assert not np.array_equal(first, epoch(0, 1)) and not np.array_equal(first, epoch(1, 0))
+    # 8 copies of one image: the order cannot differ, only the crops, which change with epoch and seed
+    same = splits.train.take(np.zeros(8, int))
+
+    def copies(seed, number):
+        return next(iter(pipeline.train_dataset(same, 8, seed, number, 0)))[0].numpy()
+
+    np.testing.assert_array_equal(copies(0, 0), copies(0, 0))
+    assert not np.array_equal(copies(0, 0), copies(0, 1)) and not np.array_equal(copies(0, 0), copies(1, 0))
     # every training input is one of the 17 x 17 crops of its stored image, standardised
     order = np.random.default_rng([0, 0]).permutation(len(splits.train))[:8]
     for image, source in zip(first, splits.train.images[order].astype(np.float64)):
         windows = np.lib.stride_tricks.sliding_window_view(source[..., 0], (32, 32)).reshape(-1, 32, 32)
         windows = (windows - windows.mean(axis=(1, 2), keepdims=True)) / windows.std(axis=(1, 2), keepdims=True)
         assert np.abs(windows - image[..., 0]).max(axis=(1, 2)).min() < 1e-3
+
+
+def test_13_crop_evaluation_averages_the_scores_of_all_views(norb_folder):
+    from types import SimpleNamespace
+
+    from capsrun.analysis.evaluation import averaged_over_crops
+    from capsrun.models.base import SCORES
+
+    folder, _ = norb_folder
+    test = splits_of(folder).test
+    labels = test.labels
+    wrong, right = np.eye(5)[(labels + 1) % 5], np.eye(5)[labels]
+    views = []
+
+    class Views:  # the centre crop scores the wrong class, the other 12 views the right one
+        model = SimpleNamespace(predict_labels=lambda scores: tf.argmax(scores, axis=-1))
+
+        def run(self, split, keep_outputs):
+            views.append(split.preprocessing.view)
+            assert split.preprocessing.crop_size == 32 and split.images is test.images
+            return {SCORES: (wrong if split.preprocessing.view == 0 else right).astype(np.float32)}
+
+    centre = {SCORES: wrong.astype(np.float32), "accuracy": 0.0, "margin_loss": 1.5}
+    averaged = averaged_over_crops(Views(), test, centre, 5)
+    assert views == list(range(1, 13))
+    np.testing.assert_allclose(averaged[SCORES], (wrong + 12 * right) / 13, rtol=1e-6)
+    np.testing.assert_array_equal(averaged["predictions"], labels)
+    assert averaged["accuracy"] == 1.0 and averaged["centre_crop_accuracy"] == 0.0 and averaged["margin_loss"] == 1.5
+    np.testing.assert_array_equal(averaged["confusion_matrix"], np.diag(np.bincount(labels, minlength=5)))
