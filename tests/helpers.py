@@ -86,3 +86,51 @@ def make_image_tree(root, classes=3, per_class=40, size=(37, 23)):
             pixels = rng.integers(0, 60, (*size, 3), dtype=np.uint8)
             pixels[..., label] += 150
             Image.fromarray(pixels, "RGB").save(folder / f"{index}.png")
+
+
+SMALLNORB_MAGIC = {np.dtype(np.uint8): 0x1E3D4C55, np.dtype(np.int32): 0x1E3D4C54}
+
+
+def write_binary_matrix(path, array, gz=True):
+    """Writes `array` (uint8 or int32) as a smallNORB binary matrix: little-endian int32 magic, ndim,
+    max(ndim, 3) sizes (unused ones 1), then the elements; gzipped when `gz` (path gets `.gz`)."""
+    import gzip
+
+    array = np.ascontiguousarray(array)
+    sizes = list(array.shape) + [1] * (3 - array.ndim)
+    header = np.asarray([SMALLNORB_MAGIC[array.dtype], array.ndim, *sizes], "<i4").tobytes()
+    raw = header + array.astype(array.dtype.newbyteorder("<")).tobytes()
+    path = path.with_name(path.name + ".gz") if gz else path
+    path.write_bytes(gzip.compress(raw, compresslevel=1) if gz else raw)
+    return path
+
+
+def smallnorb_info(pairs):
+    """info int32 [pairs, 4] cycling through every instance, elevation, azimuth and lighting, so that a few
+    dozen pairs hold every azimuth code 0, 2, .., 34 and every elevation 0..8."""
+    index = np.arange(pairs)
+    return np.stack([index % 10, index % 9, 2 * (index % 18), index % 6], axis=1).astype(np.int32)
+
+
+def write_smallnorb(folder, pairs_per_split=40, gz=True, side=96):
+    """The six smallNORB files in `folder` with `pairs_per_split` stereo pairs each, in the exact
+    format. Category = index % 5; every image is a bright square on a dark background whose position
+    depends on the category, the right camera's image the left one shifted by 4 pixels, so that a
+    small model can learn it. Returns {"train": (dat, cat, info), "test": (...)} as written."""
+    from capsrun.data.smallnorb_files import PREFIXES
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    written = {}
+    for part in ("train", "test"):
+        cat = (np.arange(pairs_per_split) % 5).astype(np.int32)
+        dat = rng.integers(0, 40, (pairs_per_split, 2, side, side)).astype(np.uint8)
+        for index, label in enumerate(cat):
+            top, left = 10 + 14 * label, 60 - 10 * label
+            dat[index, 0, top:top + 24, left:left + 24] = 220
+            dat[index, 1, top:top + 24, left + 4:left + 28] = 200
+        info = smallnorb_info(pairs_per_split)
+        for kind, array in (("dat", dat), ("cat", cat), ("info", info)):
+            write_binary_matrix(folder / f"{PREFIXES[part]}-{kind}.mat", array, gz)
+        written[part] = (dat, cat, info)
+    return written

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from capsrun.analysis import figures
 from capsrun.analysis.metrics import mean_image_error
-from capsrun.data.pipeline import to_unit_range
+from capsrun.data.pipeline import model_inputs, to_unit_range
 from capsrun.errors import CapsrunError
 from capsrun.models.base import RECONSTRUCTIONS, SCORES, CapsuleModel
 from capsrun.training.restore import RestoredRun
@@ -68,13 +68,13 @@ def single_digit_figures(restored: RestoredRun, cfg: DictConfig, deltas: np.ndar
                              test.labels, restored.num_classes)
     log.info(f"capsrun visualize: {restored.run_dir}: checkpoint {restored.checkpoint}, digits {indices}")
     shown = np.arange(min(cfg.num_reconstructions, len(test)))
-    images = to_unit_range(test.images[shown])
+    images = model_inputs(test, shown)
     outputs = model(images, training=False)
     predicted = np.argmax(outputs[SCORES].numpy(), axis=-1)
     pngs = {"reconstructions.png": figures.to_png(figures.reconstructions_figure(
         images.numpy(), outputs[RECONSTRUCTIONS].numpy(), test.labels[shown], predicted, shown), cfg.dpi)}
 
-    chosen = to_unit_range(test.images[indices]).numpy()
+    chosen = model_inputs(test, np.asarray(indices)).numpy()
     grids, capsules, winners = perturbation_grids(model, chosen, deltas)
     panels = [{"grid": grid, "index": index, "label": int(test.labels[index]), "predicted": int(winner)}
               for grid, index, winner in zip(grids, indices, winners, strict=True)]
@@ -95,12 +95,16 @@ def reconstruction_check(restored: RestoredRun, count: int = RECONSTRUCTION_CHEC
     squared error per pixel: the decoder's reconstructions from the predicted capsule against
     predicting the mean training digit for all of them (`capsrun.analysis.metrics.mean_image_error`).
     A first error not below the second means the decoder has learned nothing about the digits."""
-    test = restored.splits.test
+    test, train = restored.splits.test, restored.splits.train
     raw = test.images[:count]
-    images = to_unit_range(raw)
+    images = model_inputs(test, np.arange(min(count, len(test))))
     outputs = restored.model(images, training=False)
     error = float(tf.reduce_mean(tf.square(tf.cast(outputs[RECONSTRUCTIONS], tf.float32) - images)))
-    return error, mean_image_error(restored.splits.train.images, raw)
+    if test.preprocessing is None:
+        return error, mean_image_error(train.images, raw)
+    # preprocessed inputs (smallNORB's standardised crops): the mean of as many training inputs
+    mean = model_inputs(train, np.arange(min(count, len(train)))).numpy().mean(axis=0)
+    return error, float(np.mean(np.square(images.numpy() - mean)))
 
 
 def separate_reconstructions(model: CapsuleModel, images: np.ndarray) -> tuple:

@@ -21,10 +21,15 @@ PANEL_COLUMNS = 5
 
 
 def _displayable(image):
-    """[H, W], [H, W, 1] or [H, W, 3] uint8/float -> float [H, W] or [H, W, 3] in [0, 1]."""
+    """[H, W], [H, W, C] uint8/float -> float [H, W] or [H, W, 3] in [0, 1]; C other than 1, 3, 4
+    (smallNORB stereo pairs) side by side as one grey [H, W * C]."""
     image = np.asarray(image)
     image = image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image
+    if image.ndim == 3 and image.shape[-1] not in (3, 4):  # e.g. a smallNORB stereo pair: the cameras side by side
+        image = np.concatenate(list(np.moveaxis(image, -1, 0)), axis=1)
     image = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image.astype(np.float32)
+    if image.size and (image.min() < 0 or image.max() > 1):  # standardised inputs: stretched to [0, 1]
+        image = (image - image.min()) / max(float(image.max() - image.min()), 1e-6)
     return np.clip(image, 0.0, 1.0)
 
 

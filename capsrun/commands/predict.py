@@ -201,6 +201,9 @@ def predict_command(args: List[str]) -> int:
     from capsrun.training.restore import restore_run  # loads TensorFlow: after the inputs are read
 
     restored = restore_run(run_dir, cfg.checkpoint, extra_tests=False)
+    if restored.splits.test.preprocessing is not None:
+        raise CapsrunError(f"run {run_dir} (data={restored.cfg.data.name}) takes cropped, standardised inputs, which "
+                           "capsrun predict does not make yet; use capsrun eval")
     if restored.splits.image_shape[-1] != 1:
         raise CapsrunError(f"run {run_dir} was trained on {restored.splits.image_shape} images; "
                            "capsrun predict handles grayscale digits only")

@@ -15,7 +15,9 @@ JIT_CHOICES = ("auto", "true", "false")
 PRECISIONS = ("none", "mixed_float16", "mixed_bfloat16")
 
 
-DATA_NAMES = ("mnist", "fashion_mnist", "cifar10", "folder", "npz", "affnist", "multimnist")
+DATA_NAMES = ("mnist", "fashion_mnist", "cifar10", "folder", "npz", "affnist", "multimnist", "smallnorb")
+VIEWPOINT_SPLITS = ("none", "azimuth", "elevation")
+"""data.viewpoint_split (capsrun.data.smallnorb_files.VIEWPOINT_SPLITS; config may not import data)."""
 
 
 @dataclass
@@ -49,6 +51,13 @@ class DataConfig:
     channels: Optional[int] = None
     test_fraction: float = 0.1
     canvas_size: Optional[int] = None
+    stereo: bool = False
+    viewpoint_split: str = "none"
+    crop_size: Optional[int] = None
+    brightness_delta: float = 0.0
+    contrast_range: Optional[List[float]] = None
+    standardize: bool = False
+    test_crops: int = 1
     affine: AffineConfig = field(default_factory=AffineConfig)
     multimnist: MultiMnistConfig = field(default_factory=MultiMnistConfig)
 

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from capsrun.config.schema import DATA_NAMES, JIT_CHOICES, PRECISIONS, STRATEGIES
+from capsrun.config.schema import DATA_NAMES, JIT_CHOICES, PRECISIONS, STRATEGIES, VIEWPOINT_SPLITS
 from capsrun.errors import CapsrunError
 from capsrun.models.registry import MODELS
 from capsrun.models.routing import ROUTINGS
@@ -27,7 +27,9 @@ def validate(cfg: DictConfig, check_files: bool = True) -> None:
     _check(data.val_size >= 0, f"data.val_size must be >= 0, got {data.val_size}")
     _check(
         data.path is None or Path(data.path).expanduser().exists(),
-        f"data.path {data.path} does not exist; point it at an IDX folder or a .npz file, or set data.path=null",
+        f"data.path {data.path} does not exist; point it at "
+        + ("the folder of the six smallNORB files" if data.name == "smallnorb"
+           else "an IDX folder or a .npz file, or set data.path=null"),
     )
     for key in ("train_size", "test_size"):
         value = data[key]
@@ -41,6 +43,7 @@ def validate(cfg: DictConfig, check_files: bool = True) -> None:
     _check(data.channels in (None, 1, 3), f"data.channels must be null, 1 or 3, got {data.channels}")
     _check(0 < data.test_fraction < 1, f"data.test_fraction must be in (0, 1), got {data.test_fraction}")
     _check(data.canvas_size is None or data.canvas_size >= 8, "data.canvas_size must be null or >= 8")
+    _check_smallnorb(data)
     affine = data.affine
     _check(0 <= affine.rotation_degrees <= 180, "data.affine.rotation_degrees must be in [0, 180]")
     _check(affine.shear >= 0 and affine.translation >= 0, "data.affine.shear and translation must be >= 0")
@@ -156,6 +159,42 @@ def validate(cfg: DictConfig, check_files: bool = True) -> None:
     _check(_is_profile_steps(trainer.profile_steps),
            "trainer.profile_steps must be null, a number of steps N >= 1 (steps 2 to N + 1), or [first, last] "
            f"global steps with 1 <= first <= last; got {trainer.profile_steps}")
+
+
+SMALLNORB_SIDE = 96
+"""smallNORB's images are 96x96 (capsrun.data.smallnorb_files.SIDE; config may not import data)."""
+SMALLNORB_KEYS = ("stereo", "viewpoint_split", "crop_size", "brightness_delta", "contrast_range", "standardize",
+                  "test_crops")
+SMALLNORB_DEFAULTS = (False, "none", None, 0.0, None, False, 1)
+
+
+def _check_smallnorb(data: Any) -> None:
+    """data=smallnorb's keys: a data.path, a square image_size of at most 96, crops that fit."""
+    if data.name != "smallnorb":
+        for key, default in zip(SMALLNORB_KEYS, SMALLNORB_DEFAULTS):
+            value = OmegaConf.to_container(data[key]) if OmegaConf.is_list(data[key]) else data[key]
+            _check(value == default, f"data.{key} applies to data=smallnorb, not data={data.name}; "
+                                     f"remove the override (default {default})")
+        return
+    _check(bool(data.path), "data=smallnorb needs data.path=FOLDER holding the six smallNORB files "
+                            "(https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/; see docs/experiments.md#smallnorb)")
+    size = SMALLNORB_SIDE
+    if data.image_size is not None:
+        _check(data.image_size[0] == data.image_size[1] <= SMALLNORB_SIDE,
+               f"data=smallnorb resizes its 96x96 images to a square of at most 96: data.image_size=[S, S] with "
+               f"S <= 96 (e.g. [48, 48]), got {list(data.image_size)}")
+        size = data.image_size[0]
+    _check(data.viewpoint_split in VIEWPOINT_SPLITS,
+           f"data.viewpoint_split must be one of {', '.join(VIEWPOINT_SPLITS)}; got '{data.viewpoint_split}'")
+    _check(data.crop_size is None or 8 <= data.crop_size <= size,
+           f"data.crop_size must be null or in [8, {size}] (the side of the resized images), got {data.crop_size}")
+    _check(data.brightness_delta >= 0, f"data.brightness_delta must be >= 0, got {data.brightness_delta}")
+    contrast = data.contrast_range
+    _check(contrast is None or (len(contrast) == 2 and 0 <= contrast[0] <= contrast[1]),
+           f"data.contrast_range must be null or [lower, upper] with 0 <= lower <= upper, got {contrast}")
+    _check(data.test_crops in (1, 13), f"data.test_crops must be 1 (the centre crop) or 13, got {data.test_crops}")
+    _check(data.test_crops == 1 or (data.crop_size is not None and data.crop_size + 6 <= size),
+           f"data.test_crops=13 shifts the crops by up to 3 pixels: it needs data.crop_size <= {size - 6}")
 
 
 def _is_profile_steps(value: Any) -> bool:

@@ -1,7 +1,8 @@
 """Data sources: the bundled MNIST, IDX folders, Keras-style .npz files, the Keras download cache,
-CIFAR-10's Python batches and class-per-subfolder image trees.
+CIFAR-10's Python batches, class-per-subfolder image trees and smallNORB's binary matrices.
 
-Every source returns a `RawData` of uint8 images [N, H, W, C] and int32 labels [N]. Nothing is
+Every source returns a `RawData` of uint8 images [N, H, W, C] and int32 labels [N] (smallNORB also
+int32 info [N, 4] per image: instance, elevation, azimuth, lighting). Nothing is
 downloaded: a data set that is not on disk is a CapsrunError saying where to put it.
 """
 import gzip
@@ -15,6 +16,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from capsrun.data import smallnorb_files
 from capsrun.errors import CapsrunError
 
 BUNDLED_MNIST = Path(__file__).resolve().parent / "bundled" / "mnist"
@@ -34,13 +36,16 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 @dataclass
 class RawData:
-    """A data set as stored: uint8 images [N, H, W, C], int32 labels [N], class names [J]."""
+    """A data set as stored: uint8 images [N, H, W, C], int32 labels [N], class names [J]; for
+    smallNORB also int32 info [N, 4] (instance, elevation, azimuth code, lighting) per image."""
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
     class_names: tuple
+    info_train: Optional[np.ndarray] = None
+    info_test: Optional[np.ndarray] = None
 
 
 def read_checksums(folder: Path) -> Dict[str, str]:
@@ -220,10 +225,12 @@ def _read_path(source: Path) -> Dict[str, np.ndarray]:
 
 
 def load_source(data_cfg: Any, seed: int) -> RawData:
-    """The data set named by `data.name` (mnist, fashion_mnist, cifar10, folder, npz, or the MNIST
-    derivatives affnist and multimnist, which start from MNIST) as a RawData."""
+    """The data set named by `data.name` (mnist, fashion_mnist, cifar10, folder, npz, smallnorb, or
+    the MNIST derivatives affnist and multimnist, which start from MNIST) as a RawData."""
     name = data_cfg.name
     classes = DIGITS
+    if name == "smallnorb":
+        return load_smallnorb_source(data_cfg)
     if name in ("mnist", "affnist", "multimnist", "npz"):
         if name == "npz" and not data_cfg.path:
             raise CapsrunError("data=npz needs data.path=FILE.npz (x_train, y_train, x_test, y_test)")
@@ -254,3 +261,15 @@ def load_source(data_cfg: Any, seed: int) -> RawData:
     if name in ("npz",) or (name == "mnist" and data_cfg.path):
         classes = tuple(str(label) for label in range(int(max(y_train.max(), y_test.max())) + 1))
     return RawData(x_train, y_train, x_test, y_test, tuple(classes))
+
+
+def load_smallnorb_source(data_cfg: Any) -> RawData:
+    """smallNORB from the six files of `data.path`, resized to `data.image_size` (square; null = 96)
+    and cached there; `data.stereo` picks both cameras as 2 channels or the left one."""
+    if not data_cfg.path:
+        raise CapsrunError(f"data=smallnorb needs data.path=FOLDER; {smallnorb_files.WHERE}")
+    size = int(data_cfg.image_size[0]) if data_cfg.image_size else smallnorb_files.SIDE
+    data = smallnorb_files.load_smallnorb(Path(data_cfg.path), size)
+    return RawData(smallnorb_files.as_images(data.x_train, data_cfg.stereo), data.y_train,
+                   smallnorb_files.as_images(data.x_test, data_cfg.stereo), data.y_test,
+                   smallnorb_files.CLASS_NAMES, data.info_train, data.info_test)

@@ -10,27 +10,67 @@ import numpy as np
 from capsrun.data.affnist_files import SIDE as AFFNIST_SIDE
 from capsrun.data.affnist_files import load_affnist
 from capsrun.data.generated import affine_parameters, affine_transform, multimnist, pad_to_canvas
+from capsrun.data.smallnorb_files import familiar
 from capsrun.data.sources import load_source
 from capsrun.errors import CapsrunError
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How the pipeline turns a split's uint8 images into model inputs, when they are not simply
+    scaled to [0, 1] (data=smallnorb, after the EM paper's code): random crop_size x crop_size crops
+    with random brightness and contrast for training, a fixed crop for evaluation, then per-image
+    standardisation (zero mean, unit variance). The model sees float32 [B, crop, crop, C].
+
+    crop_size: side of the crops (None: the whole image); brightness_delta: training brightness
+    offset uniform in [-delta, delta] on the 0..255 scale; contrast_range: (lower, upper) of the
+    training contrast factor, or None; standardize: per-image standardisation (else [0, 1] scaling);
+    view: the evaluation crop, 0 = centre, 1 .. 12 the others of the 13 test crops
+    (capsrun.data.pipeline.crop_offsets)."""
+
+    crop_size: Optional[int] = None
+    brightness_delta: float = 0.0
+    contrast_range: Optional[Tuple[float, float]] = None
+    standardize: bool = False
+    view: int = 0
+
+
+def preprocessing_of(data_cfg: Any) -> Optional[Preprocessing]:
+    """The Preprocessing of data.crop_size, data.brightness_delta, data.contrast_range and
+    data.standardize, or None when none is set (the plain [0, 1] path)."""
+    contrast = tuple(float(value) for value in data_cfg.contrast_range) if data_cfg.contrast_range else None
+    prep = Preprocessing(data_cfg.crop_size, float(data_cfg.brightness_delta), contrast, bool(data_cfg.standardize))
+    return None if prep == Preprocessing() else prep
 
 
 @dataclass
 class Split:
     """Images uint8 [N, H, W, C] and labels int32 [N] (or [N, K] for K digits per image, with
-    `components` uint8 [N, K, H, W, C], each digit alone)."""
+    `components` uint8 [N, K, H, W, C], each digit alone). smallNORB: `info` int32 [N, 4] (instance,
+    elevation, azimuth code, lighting; capsrun.data.smallnorb_files) and `preprocessing`, which the
+    pipeline applies (the model then sees [N, crop, crop, C] floats)."""
 
     images: np.ndarray
     labels: np.ndarray
     components: Optional[np.ndarray] = None
+    info: Optional[np.ndarray] = None
+    preprocessing: Optional[Preprocessing] = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def take(self, index: np.ndarray) -> "Split":
+        """The examples `index` (int array or bool mask [N]) of this split, with the same preprocessing."""
+        return Split(self.images[index], self.labels[index],
+                     None if self.components is None else self.components[index],
+                     None if self.info is None else self.info[index], self.preprocessing)
 
 
 @dataclass
 class DataSplits:
     """The splits of a run. `extra_tests` holds further test sets (data=affnist: {"affine": ...}, the
-    generated set, or {"affnist": ...}, the real one of data.affine.path)."""
+    generated set, or {"affnist": ...}, the real one of data.affine.path; data=smallnorb with a
+    data.viewpoint_split: {"novel": ...}, the test images of the novel viewpoints)."""
 
     train: Split
     val: Split
@@ -41,7 +81,12 @@ class DataSplits:
 
     @property
     def image_shape(self) -> Tuple[int, int, int]:
-        return tuple(self.train.images.shape[1:])
+        """The model's input [H, W, C]: the stored images, or their crops (Split.preprocessing)."""
+        height, width, channels = self.train.images.shape[1:]
+        prep = self.train.preprocessing
+        if prep is not None and prep.crop_size:
+            return (prep.crop_size, prep.crop_size, channels)
+        return (height, width, channels)
 
     @property
     def num_targets(self) -> int:
@@ -70,6 +115,8 @@ def load_splits(data_cfg: Any, seed: int, extra_tests: bool = True) -> DataSplit
     affNIST test set read from there as `extra_tests["affnist"]` (its first `data.test_size`
     images). `extra_tests=False` (training, which never tests) builds no extra test set."""
     raw = load_source(data_cfg, seed)
+    if data_cfg.name == "smallnorb":
+        return smallnorb_splits(data_cfg, seed, raw, extra_tests)
     x_train, y_train, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
     if data_cfg.val_size >= len(x_train):
         raise CapsrunError(
@@ -111,3 +158,36 @@ def load_splits(data_cfg: Any, seed: int, extra_tests: bool = True) -> DataSplit
         class_names=raw.class_names,
         extra_tests=extra,
     )
+
+
+def smallnorb_splits(data_cfg: Any, seed: int, raw: Any, extra_tests: bool = True) -> DataSplits:
+    """data=smallnorb's splits (each with its info [N, 4] and the Preprocessing of the data config).
+
+    `data.viewpoint_split` none: training / validation from the 24,300 training pairs, the test split
+    the 24,300 test pairs. azimuth / elevation (the EM paper's novel-viewpoint experiment): only the
+    training pairs of the familiar viewpoints are used for training and validation; the test split is
+    the test pairs of the familiar viewpoints and `extra_tests["novel"]` those of the novel ones
+    (capsrun.data.smallnorb_files.FAMILIAR_AZIMUTHS / FAMILIAR_ELEVATIONS). Validation is carved
+    from the training pairs by a permutation fixed by `seed`: the same 25 toy instances as the
+    training split (other lightings and viewpoints), so it is easier than the test split, whose
+    instances are unseen. `data.train_size` truncates training, `data.test_size` each test set."""
+    prep = preprocessing_of(data_cfg)
+    train_all = Split(raw.x_train, raw.y_train, info=raw.info_train, preprocessing=prep)
+    test_all = Split(raw.x_test, raw.y_test, info=raw.info_test, preprocessing=prep)
+    split = data_cfg.viewpoint_split
+    train_all = train_all.take(familiar(train_all.info, split))
+    if data_cfg.val_size >= len(train_all):
+        raise CapsrunError(f"data.val_size={data_cfg.val_size} leaves no training data ({len(train_all)} training "
+                           f"images{'' if split == 'none' else ' of the familiar viewpoints'})")
+    order = np.random.default_rng(seed).permutation(len(train_all))
+    val_idx, train_idx = order[: data_cfg.val_size], order[data_cfg.val_size:]
+    if data_cfg.train_size is not None:
+        train_idx = train_idx[: data_cfg.train_size]
+
+    def first(part: Split) -> Split:
+        return part if data_cfg.test_size is None else part.take(np.arange(min(data_cfg.test_size, len(part))))
+
+    mask = familiar(test_all.info, split)
+    extra = {} if split == "none" or not extra_tests else {"novel": first(test_all.take(~mask))}
+    return DataSplits(train=train_all.take(train_idx), val=train_all.take(val_idx), test=first(test_all.take(mask)),
+                      num_classes=len(raw.class_names), class_names=raw.class_names, extra_tests=extra)

@@ -114,7 +114,11 @@ class Evaluator:
         metrics["num_examples"] = count
         if "reconstruction_loss" in metrics:
             targets = split.images if split.components is None else split.components
-            metrics["reconstruction_error"] = metrics["reconstruction_loss"] / int(np.prod(targets.shape[1:]))
+            shape = targets.shape[1:]
+            crop = split.preprocessing.crop_size if split.preprocessing is not None else None
+            if crop:  # the decoder reconstructs the model's input, the crop (smallNORB)
+                shape = (crop, crop, shape[-1])
+            metrics["reconstruction_error"] = metrics["reconstruction_loss"] / int(np.prod(shape))
         if "confusion_matrix" in totals:
             metrics["confusion_matrix"] = np.rint(totals["confusion_matrix"]).astype(np.int64)
         if keep_outputs:

@@ -170,15 +170,29 @@ def write_to_run(run_dir: PathLike, step: int, scalars: Optional[Mapping[str, fl
     writer.close()
 
 
-def write_reconstructions(writers: RunWriters, model: Any, images: np.ndarray, step: int) -> None:
-    """The image `reconstructions` of the run `<run>/val`: uint8 images [N, H, W, C] above the
-    model's reconstructions from the predicted capsule(s), one row per reconstructed object;
-    nothing for a model without a decoder."""
-    inputs = tf.cast(images, tf.float32) / 255.0
+def displayable(images: np.ndarray) -> np.ndarray:
+    """float [N, H, W, C] -> [N, H, W', C'] in [0, 1] for tf.summary.image: images with values
+    outside [0, 1] (standardised smallNORB crops) stretched per image to [0, 1]; channels other
+    than 1 or 3 (smallNORB stereo pairs) shown side by side as grey images [N, H, W * C, 1]."""
+    images = np.asarray(images, np.float32)
+    if images.size and (images.min() < 0 or images.max() > 1):
+        low = images.min(axis=(1, 2, 3), keepdims=True)
+        images = (images - low) / np.maximum(images.max(axis=(1, 2, 3), keepdims=True) - low, 1e-6)
+    if images.shape[-1] not in (1, 3):
+        count, height, width, channels = images.shape
+        images = images.transpose(0, 1, 3, 2).reshape(count, height, channels * width, 1)
+    return images
+
+
+def write_reconstructions(writers: RunWriters, model: Any, inputs: Any, step: int) -> None:
+    """The image `reconstructions` of the run `<run>/val`: the model inputs float32 [N, H, W, C]
+    (capsrun.data.pipeline.model_inputs) above the model's reconstructions from the predicted
+    capsule(s), one row per reconstructed object; nothing for a model without a decoder."""
     outputs = model(inputs, training=False)
     if RECONSTRUCTIONS not in outputs:
         return
     reconstructions = outputs[RECONSTRUCTIONS].numpy()
     rows = [reconstructions] if reconstructions.ndim == 4 else list(np.moveaxis(reconstructions, 1, 0))
     with writers.phase("val").as_default(step=step):
-        tf.summary.image("reconstructions", image_grid([inputs.numpy(), *rows]))
+        tf.summary.image("reconstructions", image_grid([displayable(np.asarray(inputs)),
+                                                        *map(displayable, rows)]))

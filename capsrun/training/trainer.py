@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import keras
+import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig
 
@@ -333,7 +334,8 @@ class Trainer:
             self.progress.step_in_epoch.assign(0)
         if val is not None and not partial:
             count = min(self.cfg.trainer.num_recon_images, len(self.splits.val))
-            write_reconstructions(self.writer, self.model, self.splits.val.images[:count], step)
+            inputs = pipeline.model_inputs(self.splits.val, np.arange(count))
+            write_reconstructions(self.writer, self.model, inputs, step)
         self.history.add_epoch(epoch + 1, step, train_metrics, val)
         if partial:  # not counted in epochs_completed
             self.history.records[-1]["partial"] = True

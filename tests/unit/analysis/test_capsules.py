@@ -41,8 +41,10 @@ def test_reconstruction_check_measures_against_the_mean_training_digit(decoder, 
         drawn = images if decoder == "copies" else tf.broadcast_to(mean, tf.shape(images))
         return {RECONSTRUCTIONS: drawn}
 
-    restored = SimpleNamespace(model=model, splits=SimpleNamespace(train=SimpleNamespace(images=train),
-                                                                   test=SimpleNamespace(images=test)))
+    from capsrun.data.splits import Split
+
+    restored = SimpleNamespace(model=model, splits=SimpleNamespace(train=Split(train, np.zeros(50, np.int32)),
+                                                                   test=Split(test, np.zeros(300, np.int32))))
     error, bar = reconstruction_check(restored, count=256)
     assert bar == pytest.approx(np.mean((test[:256] / 255.0 - train.mean(axis=0) / 255.0) ** 2), rel=1e-6)
     if verdict == "better":
