@@ -341,7 +341,8 @@ def check_sizes(image_shape: Sequence[int], padding: str, num_targets: int) -> N
         sides = [conv_side(side, kernel, stride) for side in sides]
     if min(sides) < 1:
         raise CapsrunError(f"model=em_capsnet: images of {image_shape[0]}x{image_shape[1]} are too small for its "
-                           "layers (5x5/2, 3x3/2, 3x3/1); use larger images (at least 17x17 with valid padding; data.image_size)")
+                           "layers (5x5/2, 3x3/2, 3x3/1); "
+                           "use larger images (at least 17x17 with valid padding; data.image_size)")
 
 
 def build(model_cfg: Any, loss_cfg: Any, spec: InputSpec) -> EMCapsNet:

@@ -30,7 +30,7 @@ def plain_em(votes: tf.Tensor, activations: tf.Tensor, beta_u: tf.Tensor, beta_a
     cell (row, col) under kernel position k of window p (N = K * I, slot n = k * I + i).
     Returns poses [B, P, J, 16] and activations [B, P, J]."""
     dtype = votes.dtype
-    parents, slots, types = votes.shape[1], votes.shape[2], votes.shape[3]
+    slots, types = votes.shape[2], votes.shape[3]
     kernel_positions = len(windows[0])
     inputs = slots // kernel_positions
     beta_u, beta_a = tf.cast(beta_u, dtype), tf.cast(beta_a, dtype)
