@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from capsrun.models.em_reference import conv_windows, plain_em
-from capsrun.models.routing.em import e_step, em_routing, inverse_temperatures, m_step, window_children
+from capsrun.models.routing.em import e_step, em_routing, m_step, window_children
 
 SETTINGS = {"final_lambda": 0.01, "lambda_decay": 0.95, "epsilon": 1e-15}  # float64: epsilon negligible
 
@@ -14,7 +14,8 @@ def numpy_em(votes, activations, beta_u, beta_a, iterations, eps=1e-15):
     """Procedure 1 in NumPy for one parent position: votes [B, I, J, H], activations [B, I]."""
     batch, inputs, parents, _ = votes.shape
     r = np.full([batch, inputs, parents], 1.0 / parents)
-    for it, lam in enumerate(inverse_temperatures(iterations, 0.01, 0.95)):
+    for it in range(iterations):
+        lam = 0.01 * (1 - 0.95 ** (it + 1))  # the authors' schedule (OpenReview)
         rp = r * activations[:, :, None]
         total = rp.sum(1)  # [B, J]
         mu = np.einsum("bij,bijh->bjh", rp, votes) / (total[..., None] + eps)
