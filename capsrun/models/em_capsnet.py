@@ -232,7 +232,6 @@ class ClassMatrixCaps(_EMSettings, keras.layers.Layer):
         _, height, width, inputs, _ = poses_shape
         self.grid, self.inputs = (int(height), int(width)), int(inputs)
         self.child_index = np.arange(height * width * inputs, dtype=np.int32)[None, :]  # [1, N]: one window, the grid
-        self.slot_types = np.tile(np.arange(self.inputs), height * width)  # child type of slot n
         self.offsets = coordinate_offsets(height, width, self.inputs)  # [16, N]
         self.kernel_weights = self.add_weight(name="w", shape=(self.inputs, self.classes, 4, 4),
                                               initializer=_w_initializer())
@@ -242,7 +241,7 @@ class ClassMatrixCaps(_EMSettings, keras.layers.Layer):
         """Votes V [B, 1, classes, 16, N] (coordinates added) and activations [B, 1, N]."""
         count = self.child_index.shape[1]
         flat = tf.reshape(poses, [-1, 1, count, POSE])
-        votes = matrix_votes(flat, tf.gather(self.kernel_weights, self.slot_types))
+        votes = matrix_votes(flat, tf.tile(self.kernel_weights, [count // self.inputs, 1, 1, 1]))  # slot n: type n % I
         if self.coordinate_addition:
             votes = votes + tf.constant(self.offsets, votes.dtype)
         return votes, tf.reshape(activations, [-1, 1, count])
