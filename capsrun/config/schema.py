@@ -87,6 +87,15 @@ class ModelConfig:
     efficient_conv_filters: List[int] = field(default_factory=lambda: [32, 64, 64, 128])
     efficient_conv_kernels: List[int] = field(default_factory=lambda: [5, 3, 3, 3])
     efficient_conv_strides: List[int] = field(default_factory=lambda: [1, 1, 1, 2])
+    em_a: int = 32
+    em_b: int = 32
+    em_c: int = 32
+    em_d: int = 32
+    em_final_lambda: float = 0.01
+    em_lambda_decay: float = 0.95
+    em_coordinate_addition: bool = True
+    em_epsilon: float = 1e-9
+    em_conv1_padding: str = "valid"
 
 
 @dataclass
@@ -97,6 +106,10 @@ class LossConfig:
     recon_weight: float = 0.0005
     margin_scale: float = 1.0
     margin_reduction: str = "sum"
+    spread_m_min: float = 0.2
+    spread_m_max: float = 0.99
+    spread_schedule: str = "sigmoid"
+    spread_steps: float = 50000.0
 
 
 @dataclass

@@ -107,6 +107,20 @@ def validate(cfg: DictConfig, check_files: bool = True) -> None:
     _check(model.initializer == "keras" and model.primary_scale == 1.0 or model.name == "capsnet",
            "model.initializer and model.primary_scale apply to model=capsnet; keep keras and 1.0 for "
            f"model={model.name}")
+    for key in ("em_a", "em_b", "em_c", "em_d"):
+        _check(model[key] >= 1, f"model.{key} must be >= 1, got {model[key]}")
+    _check(model.em_final_lambda > 0, f"model.em_final_lambda must be > 0, got {model.em_final_lambda}")
+    _check(0 <= model.em_lambda_decay < 1, f"model.em_lambda_decay must be in [0, 1), got {model.em_lambda_decay}")
+    _check(model.em_epsilon > 0, f"model.em_epsilon must be > 0, got {model.em_epsilon}")
+    _check(model.em_conv1_padding in ("valid", "same"),
+           f"model.em_conv1_padding must be valid or same; got '{model.em_conv1_padding}'")
+    _check(model.name != "em_capsnet" or data.name != "multimnist",
+           "model=em_capsnet classifies one object per image (spread loss); use model=capsnet for data=multimnist")
+    _check(0 <= loss.spread_m_min <= loss.spread_m_max,
+           f"loss needs 0 <= spread_m_min <= spread_m_max; got {loss.spread_m_min} and {loss.spread_m_max}")
+    _check(loss.spread_schedule in ("sigmoid", "linear"),
+           f"loss.spread_schedule must be sigmoid or linear; got '{loss.spread_schedule}'")
+    _check(loss.spread_steps > 0, f"loss.spread_steps must be > 0, got {loss.spread_steps}")
     _check(loss.margin_scale > 0, f"loss.margin_scale must be > 0, got {loss.margin_scale}")
     _check(loss.margin_reduction in ("sum", "mean"),
            f"loss.margin_reduction must be sum or mean; got '{loss.margin_reduction}'")

@@ -83,3 +83,59 @@ class CapsuleLoss:
 def cross_entropy(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """Softmax cross-entropy float32 [B] of int labels [B] and logits [B, J]."""
     return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
+
+
+SPREAD_SCHEDULES = ("sigmoid", "linear")
+"""How the spread loss's margin grows with the training step (`loss.spread_schedule`)."""
+
+
+def spread_margin(step: tf.Tensor, m_min: float = 0.2, m_max: float = 0.99, schedule: str = "sigmoid",
+                  steps: float = 50000.0) -> tf.Tensor:
+    """The spread loss's margin m float32 [] at training step `step` (0 for the first step).
+
+    "sigmoid": m_min + (m_max - m_min) sigmoid(min(10, step / steps - 4)); with m_min 0.2,
+    m_max 0.99 and steps 50,000 it is the authors' schedule, "margin = 0.2 + .79 *
+    tf.sigmoid(tf.minimum(10.0, step / 50000.0 - 4))" at batch size 64 (their answer on
+    OpenReview, forum HJWLfGWRb; quoted in github.com/IBM/matrix-capsules-with-em-routing,
+    models.py `spread_loss`): 0.21 at the start, 0.59 at step 200,000, 0.99 from about 500,000.
+    "linear": the paper's text (section 3.1, "we start with a small margin of 0.2 and linearly
+    increase it during training to 0.9"), m_min + (m_max - m_min) min(1, step / steps); the
+    paper does not say over how many steps."""
+    step = tf.cast(step, tf.float32)
+    if schedule == "linear":
+        return m_min + (m_max - m_min) * tf.minimum(1.0, step / steps)
+    return m_min + (m_max - m_min) * tf.sigmoid(tf.minimum(10.0, step / steps - 4.0))
+
+
+def spread_loss(activations: tf.Tensor, labels: tf.Tensor, margin: tf.Tensor) -> tf.Tensor:
+    """Eq. 3 of Hinton et al. 2018: sum_{i != t} max(0, m - (a_t - a_i))^2 per example.
+
+    activations float32 [B, J] (class capsule activations), labels int [B] (the target t),
+    margin m float32 []. Returns float32 [B]."""
+    targets = tf.one_hot(labels, activations.shape[-1], dtype=activations.dtype)
+    target = tf.reduce_sum(activations * targets, axis=-1, keepdims=True)  # a_t [B, 1]
+    return tf.reduce_sum(tf.square(tf.nn.relu(margin - (target - activations))) * (1.0 - targets), axis=-1)
+
+
+@dataclass(frozen=True)
+class SpreadLoss:
+    """The spread loss with its margin schedule (the `loss` config group's spread_* keys)."""
+
+    m_min: float = 0.2
+    m_max: float = 0.99
+    schedule: str = "sigmoid"
+    steps: float = 50000.0
+
+    @classmethod
+    def from_config(cls, loss_cfg: Any) -> "SpreadLoss":
+        return cls(float(loss_cfg.get("spread_m_min", 0.2)), float(loss_cfg.get("spread_m_max", 0.99)),
+                   str(loss_cfg.get("spread_schedule", "sigmoid")), float(loss_cfg.get("spread_steps", 50000)))
+
+    def margin(self, step: tf.Tensor) -> tf.Tensor:
+        """The margin float32 [] at training step `step`."""
+        return spread_margin(step, self.m_min, self.m_max, self.schedule, self.steps)
+
+    def __call__(self, activations: tf.Tensor, labels: tf.Tensor, step: tf.Tensor) -> Dict[str, tf.Tensor]:
+        """Per-example float32 [B] `spread` and `total` (the same) at training step `step`."""
+        spread = spread_loss(tf.cast(activations, tf.float32), labels, self.margin(step))
+        return {"spread": spread, "total": spread}

@@ -13,6 +13,7 @@ MODELS = {
     "capsnet": "capsrun.models.capsnet",  # Sabour et al. 2017 (conf/model/capsnet.yaml)
     "baseline_cnn": "capsrun.models.baseline_cnn",  # the paper's baseline CNN (conf/model/baseline_cnn.yaml)
     "efficient_capsnet": "capsrun.models.efficient_capsnet",  # Mazzia et al. 2021 (conf/model/efficient_capsnet.yaml)
+    "em_capsnet": "capsrun.models.em_capsnet",  # Hinton et al. 2018, EM routing (conf/model/em_capsnet.yaml)
 }
 """`model.name` -> the module whose `build` function builds it (imported when a model is built)."""
 

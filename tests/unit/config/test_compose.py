@@ -8,9 +8,9 @@ from capsrun.errors import CapsrunError
 
 @pytest.mark.parametrize("override,options,closest", [
     ("experiment=smok", "affine_robustness, cifar10, demo, efficient_capsnet, fashion_mnist, multimnist, "
-     "routing_comparison, smallnorb_capsnet, smoke, table1", "experiment=smoke"),
+     "routing_comparison, smallnorb_capsnet, smallnorb_em, smoke, table1", "experiment=smoke"),
     ("data=mnsit", "affnist, cifar10, fashion_mnist, folder, mnist, multimnist, npz, smallnorb", "data=mnist"),
-    ("model=capsnett", "baseline_cnn, capsnet, efficient_capsnet", "model=capsnet"),
+    ("model=capsnett", "baseline_cnn, capsnet, efficient_capsnet, em_capsnet", "model=capsnet"),
 ])
 def test_a_missing_group_option_lists_the_options_and_the_closest(override, options, closest):
     with pytest.raises(CapsrunError) as error:

@@ -21,6 +21,9 @@ def perturbed(model):
     """`model` with every weight moved off its initial value (a prior of zeros included), so that a
     loaded model that kept its fresh weights cannot pass for one that read the file."""
     for index, weight in enumerate(model.weights):
+        if "int" in str(weight.dtype):  # a counter (em_capsnet's training_step): moved by one
+            weight.assign(weight + 1)
+            continue
         noise = tf.random.stateless_normal(weight.shape, seed=[index, 7], dtype=weight.dtype)
         weight.assign(weight + 0.05 * noise)
     return model
