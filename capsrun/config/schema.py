@@ -79,6 +79,7 @@ class ModelConfig:
     digit_bias: bool = False
     leaky_routing: bool = False
     primary_scale: float = 1.0
+    max_min_renormalize: bool = True
     decoder_units: List[int] = field(default_factory=lambda: [512, 1024])
     cnn_channels: List[int] = field(default_factory=lambda: [256, 256, 128])
     cnn_kernel: int = 5

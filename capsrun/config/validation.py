@@ -104,6 +104,9 @@ def validate(cfg: DictConfig, check_files: bool = True) -> None:
         _check(not model[key] or (model.name == "capsnet" and model.routing == "dynamic"),
                f"model.{key}=true is an option of the official code's dynamic routing; it needs model=capsnet "
                f"and model.routing=dynamic (got model.name={model.name}, model.routing={model.routing})")
+    _check(model.max_min_renormalize or (model.name == "capsnet" and model.routing == "max_min"),
+           "model.max_min_renormalize=false is an option of max-min routing; it needs model=capsnet and "
+           f"model.routing=max_min (got model.name={model.name}, model.routing={model.routing})")
     _check(model.initializer == "keras" and model.primary_scale == 1.0 or model.name == "capsnet",
            "model.initializer and model.primary_scale apply to model=capsnet; keep keras and 1.0 for "
            f"model={model.name}")

@@ -185,6 +185,7 @@ class CapsNet(CapsuleNetwork):
         digit_bias: bool = False,
         leaky_routing: bool = False,
         primary_scale: float = 1.0,
+        max_min_renormalize: bool = True,
         **kwargs,
     ):
         super().__init__(image_shape, num_classes, num_targets, loss, **kwargs)
@@ -197,6 +198,7 @@ class CapsNet(CapsuleNetwork):
             "routing_iterations": int(routing_iterations), "decoder_units": [int(u) for u in decoder_units],
             "routing": str(routing), "routing_squash": str(routing_squash), "initializer": str(initializer),
             "digit_bias": bool(digit_bias), "leaky_routing": bool(leaky_routing), "primary_scale": float(primary_scale),
+            "max_min_renormalize": bool(max_min_renormalize),
         }
         self.conv1 = keras.layers.Conv2D(
             conv1_filters, conv1_kernel, activation="relu", padding="valid", name="conv1",
@@ -209,7 +211,8 @@ class CapsNet(CapsuleNetwork):
         )
         self.digit_caps = DigitCaps(
             self.num_classes, digit_dim, routing_iterations, routing=routing, routing_squash=routing_squash,
-            kernel_initializer=digit_init, routing_bias=digit_bias, leaky=leaky_routing, dtype="float32",
+            kernel_initializer=digit_init, routing_bias=digit_bias, leaky=leaky_routing,
+            max_min_renormalize=max_min_renormalize, dtype="float32",
             name="digit_caps"
         )
         self.decoder = Decoder(decoder_units, self.image_shape, name="decoder",
@@ -244,6 +247,7 @@ def build(model_cfg: Any, loss_cfg: Any, spec: InputSpec) -> CapsNet:
         digit_bias=model_cfg.digit_bias,
         leaky_routing=model_cfg.leaky_routing,
         primary_scale=model_cfg.primary_scale,
+        max_min_renormalize=model_cfg.max_min_renormalize,
         name="capsnet",
     )
     model.build_for_inputs()

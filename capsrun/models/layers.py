@@ -78,7 +78,7 @@ class DigitCaps(keras.layers.Layer):
 
     def __init__(self, num_capsules: int, dim: int, routing_iterations: int, routing: str = "dynamic",
                  routing_squash: str = "paper", kernel_initializer=None, routing_bias: bool = False,
-                 leaky: bool = False,
+                 leaky: bool = False, max_min_renormalize: bool = True,
                  **kwargs):
         super().__init__(**kwargs)
         self.kernel_initializer = kernel_initializer
@@ -88,16 +88,20 @@ class DigitCaps(keras.layers.Layer):
         self.routing = routing
         self.routing_squash = routing_squash
         self.routing_bias, self.leaky = bool(routing_bias), bool(leaky)
+        self.max_min_renormalize = bool(max_min_renormalize)
         options = {} if routing_squash == "paper" else {"squash": routing_squash}  # routings with a squash option
         # the official code's options of dynamic routing (capsrun.models.routing.dynamic): given only
         # when set, so that the other routings (which have none) keep their arguments
         options.update({key: True for key, value in (("use_bias", self.routing_bias), ("leaky", self.leaky)) if value})
+        if routing == "max_min":  # capsrun.models.routing.max_min
+            options["renormalize"] = self.max_min_renormalize
         self.router = get_routing(routing)(iterations=routing_iterations, dtype="float32", name="routing", **options)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "num_capsules": self.num_capsules, "dim": self.dim,
                 "routing_iterations": self.routing_iterations, "routing": self.routing,
                 "routing_squash": self.routing_squash, "routing_bias": self.routing_bias, "leaky": self.leaky,
+                "max_min_renormalize": self.max_min_renormalize,
                 "kernel_initializer": None if self.kernel_initializer is None
                 else keras.initializers.serialize(keras.initializers.get(self.kernel_initializer))}
 

@@ -99,14 +99,17 @@ def plain_uniform_routing(votes: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
     return plain_squash(_weighted_sum(coupling, votes)), coupling
 
 
-def plain_max_min_routing(votes: tf.Tensor, iterations: int) -> Tuple[tf.Tensor, tf.Tensor]:
+def plain_max_min_routing(votes: tf.Tensor, iterations: int, renormalize: bool = True) -> Tuple[tf.Tensor, tf.Tensor]:
     """model.routing=max_min: b = 0; r times c = lb + (ub - lb) (b - min_j b) / max(max_j b -
-    min_j b, EPSILON), v = squash(sum_i c u_hat), b += u_hat . v (not after the last)."""
+    min_j b, EPSILON) (renormalize: then c / sum_j c), v = squash(sum_i c u_hat), b += u_hat . v
+    (not after the last)."""
     logits = tf.zeros_like(votes[..., 0])
     for iteration in range(iterations):
         smallest = tf.reduce_min(logits, axis=1, keepdims=True)
         spread = tf.maximum(tf.reduce_max(logits, axis=1, keepdims=True) - smallest, EPSILON)
         coupling = LOWER_BOUND + (UPPER_BOUND - LOWER_BOUND) * (logits - smallest) / spread
+        if renormalize:
+            coupling = coupling / tf.reduce_sum(coupling, axis=1, keepdims=True)
         parents = plain_squash(_weighted_sum(coupling, votes))
         if iteration < iterations - 1:
             logits = logits + _agreement(votes, parents)
@@ -144,7 +147,7 @@ def plain_inverted_dot_product_routing(votes: tf.Tensor, iterations: int, gamma:
 PLAIN_ROUTINGS: Dict[str, Callable[[Any, tf.Tensor], Tuple[tf.Tensor, tf.Tensor]]] = {
     "dynamic": lambda layer, votes: plain_dynamic_routing(votes, layer.iterations),
     "uniform": lambda layer, votes: plain_uniform_routing(votes),
-    "max_min": lambda layer, votes: plain_max_min_routing(votes, layer.iterations),
+    "max_min": lambda layer, votes: plain_max_min_routing(votes, layer.iterations, layer.renormalize),
     "self_attention": lambda layer, votes: plain_self_attention_routing(
         votes, tf.cast(layer.log_prior, votes.dtype), layer.squash),
     "inverted_dot_product": lambda layer, votes: plain_inverted_dot_product_routing(

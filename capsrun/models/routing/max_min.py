@@ -3,14 +3,15 @@
 normalization", arXiv:1903.09662).
 
 Shapes (see `capsrun.models.routing.base`): votes u_hat [B, J, I, D] -> parents v [B, J, D],
-coupling c [B, J, I] of the last iteration. r = `iterations` >= 1.
+coupling c [B, J, I] of the last iteration. r = `iterations` >= 1, lb = 0.01, ub = 1.0.
 
     b_ij = 0                                                                        [B, J, I]
     repeat r times:
-        c_ij = lb + (ub - lb) (b_ij - min_k b_ik) / (max_k b_ik - min_k b_ik)       [B, J, I]
+        m_ij = lb + (ub - lb) (b_ij - min_k b_ik) / (max_k b_ik - min_k b_ik)       [B, J, I]
                (k runs over the J parents: each input capsule i is rescaled on its own,
-               its best-agreeing parent gets ub, its worst lb; the c_ij of one input do
-               not sum to 1)
+               its best-agreeing parent gets ub, its worst lb)
+        c_ij = m_ij / sum_k m_ik      renormalize=True (the default)                [B, J, I]
+        c_ij = m_ij                   renormalize=False (Zhao et al.'s coupling)     [B, J, I]
         s_j  = sum_i c_ij u_hat_j|i                                                 [B, J, D]
         v_j  = squash(s_j)                         (Sabour et al. eq. 1)             [B, J, D]
         b_ij = b_ij + u_hat_j|i . v_j              (not after the last iteration)
@@ -18,27 +19,39 @@ coupling c [B, J, I] of the last iteration. r = `iterations` >= 1.
 i.e. Procedure 1 of Sabour, Frost & Hinton (2017) with line 4, c_i = softmax(b_i), replaced.
 
 What was used and where it comes from:
-- the axis: the normalisation runs over the parent (class) capsules j of each input capsule i,
-  the axis the softmax of Procedure 1 runs over; Adeli, Ahn & Zelinsky (2023, "A brain-inspired
-  object-based attention network for multiobject recognition and visual reasoning", Journal of
-  Vision 23(5):16, doi:10.1167/jov.23.5.16), who route with Zhao et al.'s normalisation and cite
-  it, write in their methods that the coupling coefficients "are normalized across the class
-  capsule dimension following the max-min normalization";
-- the bounds lb = 0.01, ub = 1.0: the values that paper gives for its Zhao et al. routing
-  (LOWER_BOUND, UPPER_BOUND below);
-- the initial logits b = 0, as in Procedure 1. For equal logits the max-min ratio is 0 / 0; the
-  denominator is floored at `capsrun.models.ops.EPSILON`, so equal logits (in particular all of
-  the first iteration) give c_ij = lb for every parent, and the first iteration is
-  s_j = lb sum_i u_hat_j|i.
-The paper's own text and code were not available to check these three points against (no
-public implementation by the authors was found); they are the reading above, to be confirmed
-against arXiv:1903.09662 section 3 before quoting numbers from it.
+- the axis: over the parent (class) capsules j of each input capsule i, the axis of Procedure 1's
+  softmax. Adeli, Ahn & Zelinsky (2023, "A brain-inspired object-based attention network for
+  multiobject recognition and visual reasoning", Journal of Vision 23(5):16,
+  doi:10.1167/jov.23.5.16), who route with Zhao et al.'s normalisation and cite it, write that
+  the couplings "are normalized across the class capsule dimension"; their code
+  (github.com/Hosseinadeli/OCRA, ocra.py, `DenseCapsule.forward`) takes min and max over the
+  output-capsule axis.
+- the bounds lb = 0.01, ub = 1.0: that paper's values, and its code's 0.01 + 0.99 (b - min) /
+  (max - min) (LOWER_BOUND, UPPER_BOUND below).
+- b = 0 at the start, as in Procedure 1. Equal logits give 0 / 0; the denominator is floored at
+  `capsrun.models.ops.EPSILON`, so equal logits (all of the first iteration) give m = lb, and
+  c = 1 / J when renormalised, which is Procedure 1's softmax(0) (the OCRA code's first round).
+- the renormalisation is capsrun's, not Zhao et al.'s. Without it (renormalize=False) the c_ij of
+  one input sum to about 5 over J = 10 parents, and the couplings follow the agreement even while
+  the logits are tiny (max-min is scale-invariant), so at the first steps s_j is 5 to 20 times
+  longer than with the softmax's 1 / J (measured at initialisation: mean |s_j| 0.19 against
+  0.010, MNIST, batch 64). On the paper's backbone under `convention=paper`, Adam's first
+  steps then push every class capsule to length ~1 and the margin loss stays at 3.56 (one
+  epoch: 9.58% test accuracy, docs/performance.md). Renormalised, the couplings keep what
+  max-min is for (best / worst = ub / lb = 100 for every input, whatever the logits' scale;
+  a softmax of logits near 0 stays near 1 / J) but sum to 1 like a softmax's, and it learns
+  (docs/performance.md). Under `convention=official` the couplings as they are also learned
+  (measured over 50 steps of batch 64), so renormalize=False stays available.
+The paper's own text (its section 3) and code could not be read here: no public implementation by
+the authors was found. Its bounds, its first iteration, whether it renormalised, and its number
+of iterations (its abstract: max-min "allows more routing iterations without a decrease in
+network performance") are therefore unconfirmed; the defaults keep Procedure 1's 3 iterations.
 
 Computed in the fast form of capsrun.models.routing.contractions: the votes are read only by
 batched matrix-vector products and their gradient is one matmul; the normalisation has its
-gradient written out (`max_min_excess`) and the lb floor is added to the [B, D] sums, not to the
-[B, J, I] coupling (`route_max_min`). The plain autodiff form is `plain_max_min_routing` in
-capsrun.models.reference. Computed in the votes' dtype; no weights.
+gradient written out (`max_min_excess`). Without renormalisation the lb floor is added to the
+[B, J, D] sums, not to the [B, J, I] coupling (`route_max_min`). The plain autodiff form is
+`plain_max_min_routing` in capsrun.models.reference. Computed in the votes' dtype; no weights.
 """
 from typing import Tuple
 
@@ -110,35 +123,62 @@ def _excess_and_gradient(logits: tf.Tensor, width: float):
     return excess, gradient
 
 
-def route_max_min(votes: tf.Tensor, iterations: int) -> Tuple[tf.Tensor, tf.Tensor]:
+def renormalized_coupling(excess: tf.Tensor, lower: float = LOWER_BOUND) -> tf.Tensor:
+    """c_ij = (lb + e_ij) / sum_k (lb + e_ik) over axis 1 (the J parents) of the excess
+    e [B, J, I] (`max_min_excess`): each input's max-min couplings divided by their sum, so
+    that they sum to 1 over the parents like a softmax's. Returns [B, J, I]."""
+    floored = excess + lower
+    return floored / tf.reduce_sum(floored, axis=1, keepdims=True)
+
+
+def route_max_min(votes: tf.Tensor, iterations: int, renormalize: bool = True) -> Tuple[tf.Tensor, tf.Tensor]:
     """`iterations` rounds of max-min routing of votes u_hat [B, J, I, D]; returns
     (v [B, J, D], c [B, J, I] of the last round). The fast form (`fast_routing`).
 
-    With c = lb + e (`max_min_excess`), s_j = sum_i e_ij u_hat_j|i + lb sum_i u_hat_j|i: the
-    plain sum is taken once (the first round is s = lb sum_i u_hat), so no round adds lb to the
-    [B, J, I] coupling, except the last round's, which is returned."""
+    renormalize=False (Zhao et al.'s couplings as they are): with c = lb + e (`max_min_excess`),
+    s_j = sum_i e_ij u_hat_j|i + lb sum_i u_hat_j|i: the plain sum is taken once (the first
+    round is s = lb sum_i u_hat), so no round adds lb to the [B, J, I] coupling, except the last
+    round's, which is returned. renormalize=True: c = `renormalized_coupling`(e), weighed in
+    directly (its denominator differs per input); the first round's c = 1 / J is a plain sum."""
+    num_outputs = votes.shape[1]
 
     def body(view: Votes) -> Tuple[tf.Tensor, tf.Tensor]:
-        floor = view.mean_sum(LOWER_BOUND)  # lb sum_i u_hat [B, J, D]: all of round 1, part of every round
-        coupling = tf.fill(tf.shape(view.votes)[:3], tf.constant(LOWER_BOUND, view.dtype))
+        first = 1.0 / num_outputs if renormalize else LOWER_BOUND  # c of round 1 (all logits 0)
+        floor = view.mean_sum(first)  # first sum_i u_hat [B, J, D]: all of round 1
+        coupling = tf.fill(tf.shape(view.votes)[:3], tf.constant(first, view.dtype))
         parents, logits = squash(floor), None
         for _ in range(iterations - 1):
             agreement = view.dot(parents)
             logits = agreement if logits is None else logits + agreement
             excess = max_min_excess(logits)
-            parents = squash(view.weighted_sum(excess) + floor)
-            coupling = excess  # + lb below, for the last round only
-        return parents, coupling if iterations == 1 else coupling + LOWER_BOUND
+            if renormalize:
+                coupling = renormalized_coupling(excess)
+                parents = squash(view.weighted_sum(coupling))
+            else:  # lb sum_i u_hat is round 1's sum: part of every round
+                parents = squash(view.weighted_sum(excess) + floor)
+                coupling = excess  # + lb below, for the last round only
+        if renormalize or iterations == 1:
+            return parents, coupling
+        return parents, coupling + LOWER_BOUND
 
     return fast_routing(body, votes)
 
 
 @keras.saving.register_keras_serializable(package="capsrun")
 class MaxMinRouting(RoutingLayer):
-    """`iterations` rounds of routing-by-agreement with max-min normalised coupling; no weights."""
+    """`iterations` rounds of routing-by-agreement with max-min normalised coupling; no weights.
+    `renormalize` (`model.max_min_renormalize`): divide each input's couplings by their sum over
+    the parents (module docstring)."""
+
+    def __init__(self, iterations: int = 3, renormalize: bool = True, **kwargs):
+        super().__init__(iterations=iterations, **kwargs)
+        self.renormalize = bool(renormalize)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "renormalize": self.renormalize}
 
     def call(self, votes: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-        return route_max_min(votes, self.iterations)
+        return route_max_min(votes, self.iterations, self.renormalize)
 
 
 ROUTING = MaxMinRouting
