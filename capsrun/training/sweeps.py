@@ -48,7 +48,20 @@ HPARAMS_METRICS = (
 shows the first five by default). TensorBoard reads a column as the last value of `tag` in the
 run `<job>/<group>`: the val columns follow the validation curves while a job trains (the last
 epoch once it is done); result/* are written when training completes, test/* by `capsrun eval`
-or `capsrun report`. Short display names keep the table narrow."""
+or `capsrun report`. Short display names keep the table narrow. The time-to-target column is
+listed only for runs with a target (`hparams_metrics`)."""
+
+TARGET_KEY = "trainer.target_val_accuracy"
+TARGET_METRIC = "result/time_to_target_seconds"
+
+
+def hparams_metrics(hparams: Mapping[str, Any]) -> Tuple[Tuple[str, str, str], ...]:
+    """HPARAMS_METRICS for a run with these hyper-parameters: without the time to the target
+    validation accuracy unless the run has one (`trainer.target_val_accuracy`), so that no run
+    lists a column it can never fill."""
+    target = hparams.get(TARGET_KEY)
+    has_target = isinstance(target, (int, float)) and not isinstance(target, bool)
+    return tuple(metric for metric in HPARAMS_METRICS if has_target or metric[1] != TARGET_METRIC)
 
 MAIN_HPARAMS = ("epochs", "batch_size", "optimizer.lr", "model.name", "model.routing", "model.routing_iterations",
                 "loss.recon_weight", "data.name", "seed")
@@ -91,9 +104,10 @@ def hparams_columns(hparams: Mapping[str, Any], swept: Sequence[str] = ()) -> Li
 
 
 def experiment_config_pb(hparams: Mapping[str, Any], swept: Sequence[str] = (),
-                         metrics: Sequence[Tuple[str, str, str]] = HPARAMS_METRICS) -> Any:
+                         metrics: Optional[Sequence[Tuple[str, str, str]]] = None) -> Any:
     """TensorBoard's HParams experiment config (a Summary proto): `hparams_columns` as the
-    hyper-parameters, `metrics` (group, tag, display name) as the metric columns.
+    hyper-parameters, `metrics` (group, tag, display name; default `hparams_metrics(hparams)`) as
+    the metric columns.
 
     TensorBoard orders the columns by (not `differs`, name) and shows the first five, so the
     swept keys are marked `differs` (their values do differ between the jobs) and come first; the
@@ -102,6 +116,7 @@ def experiment_config_pb(hparams: Mapping[str, Any], swept: Sequence[str] = (),
     from tensorboard.compat.proto import summary_pb2
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
+    metrics = hparams_metrics(hparams) if metrics is None else metrics
     experiment = api_pb2.Experiment(
         hparam_infos=[api_pb2.HParamInfo(name=name, type=_data_type(hparams[name]), differs=name in swept)
                       for name in hparams_columns(hparams, swept)],

@@ -97,7 +97,12 @@ def test_report_table_is_recomputed_from_the_jobs_files(sweep, reported):
         std = f" ± {statistics.stdev(errors):.3f}"
         assert cells[1:3] == ["2", f"{statistics.mean(errors):.2f}{std}"]
     markdown = (sweep / "report.md").read_text()
-    assert "| setting | n runs | test error % (mean ± std) | best val. accuracy % (mean ± std) | images/s |" in markdown
+    header = next(line for line in markdown.splitlines() if line.startswith("| setting |"))
+    columns = [cell.strip() for cell in header.strip("|").split("|")]
+    measured = ["setting", "n runs", "test error % (mean ± std)", "best val. accuracy % (mean ± std)", "images/s"]
+    assert [column for column in columns if column in measured] == measured  # in this order
+    assert all(column.startswith("paper ") or column == "gap (pp)"  # beside Table 1's MNIST rows
+               for column in columns if column not in measured)
     assert all(name in markdown for name in JOB_NAMES)
     png = (sweep / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

@@ -38,3 +38,18 @@ def test_jobs_read_the_swept_keys_that_the_sweep_wrote(tmp_path):
     assert job_hparams(job) == (["seed", "loss.recon_weight"], {"experiment": "smoke"})
     job.mode = RunMode.RUN
     assert job_hparams(job) == ([], {"experiment": "smoke"})
+
+
+def metric_tags(hparams):
+    summary = experiment_config_pb(hparams, [])
+    experiment = metadata.parse_experiment_plugin_data(summary.value[0].metadata.plugin_data.content)
+    return [info.name.tag for info in experiment.metric_infos]
+
+
+def test_the_time_to_target_column_is_listed_only_for_runs_with_a_target():
+    """A run without `trainer.target_val_accuracy` never writes result/time_to_target_seconds, so
+    its HParams table must not list that column (every listed column is filled)."""
+    without = hparams_of(compose_config())
+    with_target = hparams_of(compose_config("trainer.target_val_accuracy=0.9"))
+    assert "result/time_to_target_seconds" not in metric_tags(without)
+    assert metric_tags(with_target) == [*metric_tags(without), "result/time_to_target_seconds"]
