@@ -97,6 +97,7 @@ class ModelConfig:
     em_coordinate_addition: bool = True
     em_epsilon: float = 1e-9
     em_conv1_padding: str = "valid"
+    em_routing_chunk: int = 4
 
 
 @dataclass

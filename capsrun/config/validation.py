@@ -115,6 +115,8 @@ def validate(cfg: DictConfig, check_files: bool = True) -> None:
     _check(model.em_final_lambda > 0, f"model.em_final_lambda must be > 0, got {model.em_final_lambda}")
     _check(0 <= model.em_lambda_decay < 1, f"model.em_lambda_decay must be in [0, 1), got {model.em_lambda_decay}")
     _check(model.em_epsilon > 0, f"model.em_epsilon must be > 0, got {model.em_epsilon}")
+    _check(model.em_routing_chunk >= 0,
+           f"model.em_routing_chunk must be >= 0 (0 = the whole batch at once), got {model.em_routing_chunk}")
     _check(model.em_conv1_padding in ("valid", "same"),
            f"model.em_conv1_padding must be valid or same; got '{model.em_conv1_padding}'")
     _check(model.name != "em_capsnet" or data.name != "multimnist",

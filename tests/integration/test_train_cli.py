@@ -90,6 +90,7 @@ BAD_INPUTS = [
     (["experiment=nope"], "there is no experiment 'nope' (conf/experiment/); choose one of affine_robustness,"),
     (["trainer.mixed_precision=fp8"], "trainer.mixed_precision must be one of"),
     (["trainer.target_val_accuracy=98.5"], "must be null or a fraction in (0, 1], e.g. 0.985 for 98.5%"),
+    (["model=em_capsnet", "model.em_routing_chunk=-1"], "model.em_routing_chunk must be >= 0"),
 ]
 
 

@@ -56,7 +56,7 @@ with w = 1 / sigma^2 (matmuls again). To keep the cancellation in these differen
 votes are first centred per parent, V - m with m their plain mean over the N slots (mu shifts
 by m, sigma and p do not change; m is added back to the output poses).
 """
-from typing import Tuple
+from typing import Callable, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -154,3 +154,87 @@ def em_routing(votes: tf.Tensor, activations: tf.Tensor, beta_u: tf.Tensor, beta
         if r < iterations - 1:
             assignments = e_step(centred, squares, mean, variance, logit, ids, num_children, overlapping)
     return mean + centre, tf.sigmoid(logit)
+
+
+def routed_in_chunks(layer_fn: Callable[..., Tuple[tf.Tensor, tf.Tensor]], poses: tf.Tensor, activations: tf.Tensor,
+                     parameters: Sequence[tf.Tensor], chunk: int) -> Tuple[tf.Tensor, tf.Tensor]:
+    """`layer_fn(poses, activations, *parameters)` (votes and EM routing of one capsule layer)
+    computed `chunk` examples at a time, with a gradient that recomputes each chunk instead of
+    keeping the routing's intermediates.
+
+    poses [B, P, N, 16] (the child poses of every window), activations [B, P, N], parameters
+    (W, beta_u, beta_a: tensors, not variables) -> poses mu [B, P, J, 16], activations [B, P, J].
+
+    Why. Backpropagation through the unrolled EM iterations keeps about a dozen votes-sized
+    tensors per layer alive until the backward pass (V, V^2, their products with R' and w, the
+    per-iteration gradients summed by AddN). For ConvCaps1 at batch 32 one of them is 170M
+    numbers (module docstring): 12.9 GiB and 43 s per training step were measured on the 2-core
+    development machine (2026-12-02) with plain autodiff. Routing is independent per example, so
+    the batch can be cut into chunks: the forward pass keeps only the outputs; the backward pass
+    reruns one chunk at a time under a GradientTape and takes its vector-Jacobian product at once
+    (the chunk's input gradients are concatenated, the parameters' summed). Peak memory is then
+    that of one chunk's autodiff, for one extra forward pass. The numbers are those of plain
+    autodiff up to summation order (tests/unit/models/test_em_routing.py).
+    The last chunk may be smaller (B need not be a multiple of `chunk`); the loop runs one chunk
+    at a time (parallel_iterations=1), else a graph would run several together and keep their
+    memory."""
+    parameters = [tf.convert_to_tensor(p) for p in parameters]
+
+    @tf.custom_gradient
+    def layer(poses, activations, *parameters):
+        frozen = [tf.stop_gradient(t) for t in parameters]  # no tape may keep the forward's intermediates
+        outputs, _ = _over_chunks(lambda p, a: (list(layer_fn(p, a, *frozen)), []),
+                                  [tf.stop_gradient(poses), tf.stop_gradient(activations)], [], chunk,
+                                  [poses.dtype, poses.dtype])
+
+        def gradient(d_poses, d_activations):
+            upstream = [tf.zeros_like(t) if d is None else d for t, d in zip(outputs, (d_poses, d_activations))]
+
+            def vjp(p, a, d_mu, d_a):
+                own = [tf.identity(t) for t in parameters]  # this chunk's copies, watched by its tape
+                with tf.GradientTape() as tape:
+                    tape.watch([p, a, *own])
+                    mu, act = layer_fn(p, a, *own)
+                grads = tape.gradient([mu, act], [p, a, *own], output_gradients=[d_mu, d_a])
+                return grads[:2], grads[2:]
+
+            (d_p, d_a), d_parameters = _over_chunks(vjp, [poses, activations, *upstream], parameters, chunk,
+                                                    [poses.dtype, activations.dtype])
+            return [d_p, d_a, *d_parameters]
+
+        return outputs, gradient
+
+    mu, act = layer(poses, activations, *parameters)
+    return mu, act
+
+
+def _over_chunks(body: Callable, batched: Sequence[tf.Tensor], summed_like: Sequence[tf.Tensor], chunk: int,
+                 dtypes: Sequence[tf.DType]) -> Tuple[list, list]:
+    """Runs body(*chunk of each batched tensor) -> (per-example outputs of `dtypes`, outputs to
+    sum over chunks, shaped like `summed_like`) over the batch (dimension 0 of `batched`),
+    `chunk` examples at a time, one chunk after the other; returns the per-example outputs
+    concatenated and the others summed. One call when the batch is known to fit in one chunk."""
+    static_batch = batched[0].shape[0]
+    if static_batch is not None and static_batch <= chunk:
+        pieces, totals = body(*batched)
+        return list(pieces), list(totals)
+    batch = tf.shape(batched[0])[0]
+    count = (batch + chunk - 1) // chunk
+    shapes = []  # the per-example outputs' static shapes past the batch dimension, seen by the body
+
+    def step(i, arrays, sums):
+        start = i * chunk
+        stop = tf.minimum(start + chunk, batch)
+        pieces, totals = body(*[t[start:stop] for t in batched])
+        shapes[:] = [piece.shape[1:] for piece in pieces]
+        arrays = [array.write(i, piece) for array, piece in zip(arrays, pieces)]
+        return i + 1, arrays, [s + t for s, t in zip(sums, totals)]
+
+    arrays = [tf.TensorArray(dtype, size=count, infer_shape=False) for dtype in dtypes]
+    sums = [tf.zeros_like(t) for t in summed_like]
+    _, arrays, sums = tf.while_loop(lambda i, *_: i < count, step, [tf.constant(0), arrays, sums],
+                                    parallel_iterations=1)
+    outputs = [array.concat() for array in arrays]
+    for output, shape in zip(outputs, shapes):
+        output.set_shape(tf.TensorShape([static_batch]).concatenate(shape))
+    return outputs, sums

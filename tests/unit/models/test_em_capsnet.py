@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from capsrun.errors import CapsrunError
-from capsrun.models.em_capsnet import EMCapsNet
+from capsrun.models.em_capsnet import ClassMatrixCaps, ConvMatrixCaps, EMCapsNet
 from capsrun.models.em_reference import plain_class_votes, plain_conv_votes
 from capsrun.models.losses import spread_loss, spread_margin
 from capsrun.training.distribute import mirrored_strategy
@@ -43,6 +43,41 @@ def test_fast_votes_equal_the_plain_window_by_window_votes():
         fast, fast_act = layer.votes(poses, activations)  # [B, P, J, H, N]
         np.testing.assert_allclose(np.transpose(fast.numpy(), [0, 1, 4, 2, 3]), plain.numpy(), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(fast_act.numpy(), plain_act.numpy())
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf.function, unknown batch"])
+def test_routing_in_chunks_equals_the_whole_batch_in_values_and_gradients(compiled):
+    """5 examples in chunks of 2 (the last one smaller) against one pass of plain autodiff, in
+    float64 so that only summation order can differ; ConvCaps at stride 1 (overlapping windows)
+    then the class capsules (coordinate addition)."""
+    rng = np.random.default_rng(4)
+    poses = tf.constant(rng.normal(size=[5, 5, 5, 3, 16]))
+    activations = tf.constant(rng.uniform(0.05, 1.0, [5, 5, 5, 3]))
+    weights = tf.constant(rng.normal(size=[5, 16]))
+
+    def run(chunk):
+        tf.keras.utils.set_random_seed(2)
+        conv = ConvMatrixCaps(4, 3, 1, chunk=chunk, dtype="float64")
+        classes = ClassMatrixCaps(5, chunk=chunk, dtype="float64")
+
+        def step(p, a):
+            with tf.GradientTape() as tape:
+                tape.watch([p, a])
+                mu, act = classes(*conv(p, a))
+                loss = tf.reduce_sum(mu * weights) + 50.0 * tf.reduce_sum(act * tf.range(5, dtype=tf.float64))
+            return [mu, act, *tape.gradient(loss, [p, a, *conv.trainable_variables, *classes.trainable_variables])]
+
+        if compiled:
+            step = tf.function(step, input_signature=[tf.TensorSpec([None, 5, 5, 3, 16], tf.float64),
+                                                      tf.TensorSpec([None, 5, 5, 3], tf.float64)])
+        return step(poses, activations)
+
+    whole, chunked = run(0), run(2)
+    names = ["poses", "activations", "d poses", "d activations", "d W conv", "d beta_u conv", "d beta_a conv",
+             "d W class", "d beta_u class", "d beta_a class"]
+    for name, want, got in zip(names, whole, chunked, strict=True):
+        assert np.abs(want.numpy()).max() > 0, name  # a zero gradient would compare equal trivially
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-9, atol=1e-12, err_msg=name)
 
 
 def test_coordinate_addition_puts_the_scaled_row_and_column_on_vote_entries_0_3_and_1_3():
@@ -105,12 +140,12 @@ def test_a_train_step_on_two_mirrored_cpus_equals_one_device():
         return loss, tape.gradient(loss, model.trainable_variables)
 
     tf.keras.utils.set_random_seed(0)
-    single = small_model()
+    single = small_model()  # the whole batch at once, plain autodiff
     weights = single.get_weights()
     want_loss, want = gradients(single)
     strategy = mirrored_strategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
-        mirrored = small_model()
+        mirrored = small_model(routing_chunk=1)  # 2 examples per replica, routed one by one
         mirrored.set_weights(weights)
 
     @tf.function
