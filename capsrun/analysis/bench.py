@@ -34,6 +34,7 @@ from capsrun.data.splits import DataSplits, load_splits
 from capsrun.errors import CapsrunError
 from capsrun.models.base import InputSpec
 from capsrun.models.cost import count_macs
+from capsrun.models.em_reference import build_plain
 from capsrun.models.reference import build_reference, plain_route
 from capsrun.models.registry import build_model
 from capsrun.training.distribute import setup_devices, use_jit
@@ -53,7 +54,9 @@ ROWS = [  # (key, label); measurements of every batch size
     ("capsrun_train", "capsrun train"), ("capsrun_eval", "capsrun eval"), ("reference_train", "reference train"),
     ("reference_eval", "reference eval"), ("conv_only", "conv-only bound (fwd+bwd)"),
     ("digit_caps_capsrun", "digit caps capsrun (fwd+bwd)"),
-    ("digit_caps_reference", "digit caps reference (fwd+bwd)"), ("pipeline", "input pipeline"),
+    ("digit_caps_reference", "digit caps reference (fwd+bwd)"),
+    ("capsule_layers_capsrun", "capsule layers capsrun (fwd+bwd)"),
+    ("capsule_layers_reference", "capsule layers reference (fwd+bwd)"), ("pipeline", "input pipeline"),
 ]
 
 
@@ -63,12 +66,19 @@ RATIOS = [  # (key, label, numerator row, denominator row, format)
     ("train_of_conv_bound", "capsrun train / conv-only bound", "capsrun_train", "conv_only", "{:.0%}"),
     ("digit_caps_vs_reference", "digit caps capsrun vs reference", "digit_caps_capsrun", "digit_caps_reference",
      "{:.2f}x"),
+    ("capsule_layers_vs_reference", "capsule layers capsrun vs ref.", "capsule_layers_capsrun",
+     "capsule_layers_reference", "{:.2f}x"),
     ("pipeline_vs_train", "input pipeline / capsrun train", "pipeline", "capsrun_train", "{:.0f}x"),
 ]
 
 
-MODEL_LABELS = {"capsnet": "CapsNet", "efficient_capsnet": "Efficient-CapsNet"}
+MODEL_LABELS = {"capsnet": "CapsNet", "efficient_capsnet": "Efficient-CapsNet", "em_capsnet": "EM CapsNet"}
 """How the table names the measured `model.name`."""
+
+
+EM_REFERENCE_MAX_BATCH = 32
+"""`reference_max_batch_size` when null for model=em_capsnet: its plain reference (Procedure 1,
+autodiff through every iteration) peaks near 13 GiB at batch 32 and would not fit at 128."""
 
 
 ROUTING_COLUMNS = "routing", "layer ms", "plain ms", "vs plain", "vs dynamic", "train img/s", "train ms"
@@ -81,7 +91,8 @@ def run_bench(cfg: DictConfig) -> dict:
     splits = load_splits(cfg.data, cfg.seed)
     if splits.num_targets != 1:
         raise CapsrunError("capsrun bench needs one label per image; choose another data set than multimnist")
-    largest = max([*cfg.batch_sizes, *([cfg.routing_batch_size] if cfg.routings else [])])
+    capsnet_family = cfg.model.name != "em_capsnet"  # the routing and loop rows time the CapsNet family
+    largest = max([*cfg.batch_sizes, *([cfg.routing_batch_size] if cfg.routings and capsnet_family else [])])
     if len(splits.train) < largest:
         raise CapsrunError(f"only {len(splits.train)} training images for batch size {largest}")
     jit = use_jit(cfg.trainer)
@@ -105,9 +116,11 @@ def run_bench(cfg: DictConfig) -> dict:
                              for key, _, top, bottom, _ in RATIOS if top in results and bottom in results}
         by_size[batch_size] = results
     report["results"] = [by_size[batch_size] for batch_size in cfg.batch_sizes]
-    if cfg.routings:
+    if not capsnet_family and (cfg.routings or cfg.loop_models):
+        log.info(f"model={cfg.model.name}: no routing or steps_per_loop rows (they time the CapsNet family)")
+    if cfg.routings and capsnet_family:
         report["routings"] = run_routings(cfg, splits, jit)
-    if cfg.loop_models:
+    if cfg.loop_models and capsnet_family:
         report["loops"] = run_loops(cfg, splits)
     report["load_average_after"] = list(os.getloadavg())
     report["peak_rss_mib_process"] = _process_peak_mib()
@@ -124,19 +137,26 @@ def _contestants(cfg: DictConfig, splits: DataSplits, batch: tuple, batch_size: 
     model = build_model(cfg.model, cfg.loss, spec)
     report["parameters"] = int(model.count_params())
     report["macs_per_image"] = count_macs(model)
-    primary = model.primary_capsules(unpack(batch)[0])  # u [B, I, K]: input of the digit-caps rows
+    primary = model.primary_capsules(unpack(batch)[0])  # input of the digit-caps (capsule-layer) rows
     networks = [("capsrun", model)]
-    is_capsnet = cfg.model.name == "capsnet"  # the plain reference and the conv-only bound exist for it only
-    if not is_capsnet and (cfg.include_reference or cfg.include_conv_bound):
-        log.info(f"{cfg.model.name}: no reference or conv-only rows (they are the CapsNet's)")
+    is_capsnet, is_em = cfg.model.name == "capsnet", cfg.model.name == "em_capsnet"  # which reference exists
+    if not is_capsnet and cfg.include_conv_bound:
+        log.info(f"{cfg.model.name}: no conv-only rows (they are the CapsNet's)")
+    if not is_capsnet and not is_em and cfg.include_reference:
+        log.info(f"{cfg.model.name}: no reference rows (there are plain references of the CapsNet and EM CapsNet)")
     # the plain reference is the paper's CapsNet: no digit bias, leaky routing or primary scaling
     paper_shaped = not cfg.model.digit_bias and not cfg.model.leaky_routing and cfg.model.primary_scale == 1.0
     if cfg.include_reference and is_capsnet and not paper_shaped:
         log.info("no reference rows: model.digit_bias, leaky_routing and primary_scale are not in the plain reference")
-    if cfg.include_reference and is_capsnet and paper_shaped:
+    limit = cfg.reference_max_batch_size or (EM_REFERENCE_MAX_BATCH if is_em else None)
+    if cfg.include_reference and limit is not None and batch_size > limit:
+        log.info(f"batch {batch_size}: no reference rows (reference_max_batch_size={limit})")
+    elif cfg.include_reference and is_capsnet and paper_shaped:
         reference = build_reference(cfg.model, cfg.loss, spec)
         reference.copy_weights(model)
         networks.append(("reference", reference))
+    elif cfg.include_reference and is_em:
+        networks.append(("reference", build_plain(model)))  # same weights
     rows = []
     for name, network in networks:
         optimizer = make_optimizer(cfg.optimizer, steps_per_epoch, cfg.trainer.mixed_precision)
@@ -147,7 +167,8 @@ def _contestants(cfg: DictConfig, splits: DataSplits, batch: tuple, batch_size: 
         if cfg.include_conv_bound and network is model and is_capsnet:
             rows.append(("conv_only", steps["conv_only"], batch))
         if cfg.include_digit_caps:
-            rows.append((f"digit_caps_{name}", steps["digit_caps"], primary))
+            layers = "capsule_layers" if is_em else "digit_caps"
+            rows.append((f"{layers}_{name}", steps[layers], primary))
     return [(key, tf.function(step, jit_compile=jit, reduce_retracing=True), inputs) for key, step, inputs in rows]
 
 
@@ -297,7 +318,10 @@ def model_steps(model: Any, optimizer: Any, batch_size: int) -> Dict[str, Any]:
                         gradients of their weights, as in training), nothing else (CapsNet only;
                         its loss needs the forward values, so that no convolution is pruned);
       digit_caps(u)     the digit-capsule layer forward and backward (gradients of u and W) on
-                        primary capsules u float32 [B, I, K].
+                        primary capsules u float32 [B, I, K];
+      capsule_layers(primary)  the EM CapsNet's ConvCaps1, ConvCaps2 and class capsules forward
+                        and backward (gradients of the primary poses and activations and of
+                        every W, beta_u, beta_a) on its primary capsules (poses, activations).
     A batch is (uint8 images [B, H, W, C], int32 labels [B]) from the training pipeline."""
     def train(batch: tuple) -> tf.Tensor:
         images, labels, components = unpack(batch)
@@ -328,7 +352,18 @@ def model_steps(model: Any, optimizer: Any, batch_size: int) -> Dict[str, Any]:
             loss = tf.reduce_sum(tf.square(model.digit_caps(inputs)))
         return tf.add_n([loss] + [tf.reduce_sum(g) for g in tape.gradient(loss, [inputs, model.digit_caps.kernel])])
 
-    return {"train": train, "eval": evaluate, "conv_only": conv_only, "digit_caps": digit_caps}
+    def capsule_layers(primary: Tuple[tf.Tensor, tf.Tensor]) -> tf.Tensor:
+        poses, activations = primary
+        layers = [model.conv_caps1, model.conv_caps2, model.class_caps]
+        watched = [poses, activations, *[v for layer in layers for v in layer.trainable_variables]]
+        with tf.GradientTape() as tape:
+            tape.watch(watched[:2])
+            class_poses, class_activations = model.capsule_layers((poses, activations))
+            loss = tf.reduce_sum(tf.square(class_poses)) + tf.reduce_sum(class_activations)
+        return tf.add_n([loss] + [tf.reduce_sum(g) for g in tape.gradient(loss, watched)])
+
+    return {"train": train, "eval": evaluate, "conv_only": conv_only, "digit_caps": digit_caps,
+            "capsule_layers": capsule_layers}
 
 
 def measure_interleaved(rows: Sequence[tuple], batch_size: int, warmup: int, timed: int) -> dict:

@@ -16,7 +16,7 @@ from capsrun.config.validation import validate
 from capsrun.errors import CapsrunError
 from capsrun.models.routing import ROUTINGS
 
-CAPSULE_MODELS = ("capsnet", "efficient_capsnet")
+CAPSULE_MODELS = ("capsnet", "efficient_capsnet", "em_capsnet")
 """`model.name`s bench measures: networks with `primary_capsules` and class capsules `digit_caps`
 (capsrun.models.capsnet.CapsuleNetwork); the reference and conv-only rows are the CapsNet's."""
 
@@ -51,6 +51,8 @@ def check_bench_config(cfg: DictConfig) -> None:
             raise CapsrunError(f"{key} must be >= 1, got {cfg[key]}")
     if not cfg.batch_sizes or min(cfg.batch_sizes) < 1:
         raise CapsrunError(f"batch_sizes must be a non-empty list of sizes >= 1, got {list(cfg.batch_sizes)}")
+    if cfg.reference_max_batch_size is not None and cfg.reference_max_batch_size < 1:
+        raise CapsrunError(f"reference_max_batch_size must be null or >= 1, got {cfg.reference_max_batch_size}")
     if cfg.routing_batch_size < 1:
         raise CapsrunError(f"routing_batch_size must be >= 1, got {cfg.routing_batch_size}")
     for name in cfg.routings or []:

@@ -279,6 +279,7 @@ class BenchConfig:
     include_reference: bool = True
     include_conv_bound: bool = True
     include_digit_caps: bool = True
+    reference_max_batch_size: Optional[int] = None
     pipeline_batches: int = 100
     routings: Optional[List[str]] = field(default_factory=lambda: [
         "dynamic", "uniform", "max_min", "self_attention", "inverted_dot_product"])

@@ -7,6 +7,7 @@ import tensorflow as tf
 from capsrun.models.capsnet import CapsNet
 from capsrun.models.cost import count_macs
 from tests.conftest import last_stderr_line, run_cli
+from tests.helpers import write_smallnorb
 
 BENCH_KEYS = {"capsrun_train", "capsrun_eval", "reference_train", "reference_eval", "conv_only",
               "digit_caps_capsrun", "digit_caps_reference"}
@@ -88,6 +89,30 @@ def test_bench_measures_efficient_capsnet_without_the_capsnet_only_rows(tmp_path
     assert report["routings"]["rows"]["self_attention"]["train"]["ms_per_step"] > 0
 
 
+def test_bench_measures_the_em_capsnet_and_its_capsule_layers_against_the_plain_reference(tmp_path):
+    """A small EM CapsNet on smallNORB files in the exact format: capsrun's and the plain
+    reference's train steps and capsule layers, the reference only up to
+    reference_max_batch_size, no CapsNet-only, routing or loop rows."""
+    write_smallnorb(tmp_path / "norb", 40)
+    result = run_cli("bench", "model=em_capsnet", "data=smallnorb", f"data.path={tmp_path / 'norb'}",
+                     "data.val_size=4", "data.image_size=[24,24]", "data.crop_size=20", "model.em_a=4", "model.em_b=3", "model.em_c=3", "model.em_d=2",
+                     "model.em_routing_chunk=2", "batch_sizes=[3,5]", "reference_max_batch_size=3", "warmup_steps=1",
+                     "timed_steps=2", "pipeline_batches=2", "include_eval=false", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "bench.json").read_text())
+    small, large = report["results"]
+    layers = {"capsrun_train", "capsule_layers_capsrun"}
+    assert layers | {"reference_train", "capsule_layers_reference"} <= set(small)
+    assert layers <= set(large) and not {"reference_train", "capsule_layers_reference"} & set(large)
+    assert not {"conv_only", "digit_caps_capsrun"} & (set(small) | set(large))
+    for key in ("reference_train", "capsule_layers_reference", *layers):
+        assert small[key]["ms_per_step"] > 0 and small[key]["peak_rss_mib"] > 0, key
+    assert small["ratios"]["capsule_layers_vs_reference"] == pytest.approx(
+        small["capsule_layers_capsrun"]["images_per_second"] / small["capsule_layers_reference"]["images_per_second"])
+    assert "routings" not in report and "loops" not in report
+    assert "EM CapsNet with" in result.stdout and "capsule layers capsrun vs ref." in result.stdout
+
+
 def test_bench_command_checks_its_config_before_measuring(tmp_path):
     for args, message in [
         (["timed_steps=0"], "timed_steps must be >= 1"),
@@ -96,6 +121,7 @@ def test_bench_command_checks_its_config_before_measuring(tmp_path):
         (["timed_step=3"], "timed_step"),
         (["routings=[dynamic,maxmin]"], "routings: unknown routing 'maxmin'; did you mean 'max_min'?"),
         (["routing_batch_size=0"], "routing_batch_size must be >= 1"),
+        (["reference_max_batch_size=0"], "reference_max_batch_size must be null or >= 1"),
         (["output=/proc/nope/bench.json"], "cannot write /proc/nope/bench.json"),
     ]:
         result = run_cli("bench", *args, cwd=tmp_path)
