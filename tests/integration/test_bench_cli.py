@@ -95,7 +95,8 @@ def test_bench_measures_the_em_capsnet_and_its_capsule_layers_against_the_plain_
     reference_max_batch_size, no CapsNet-only, routing or loop rows."""
     write_smallnorb(tmp_path / "norb", 40)
     result = run_cli("bench", "model=em_capsnet", "data=smallnorb", f"data.path={tmp_path / 'norb'}",
-                     "data.val_size=4", "data.image_size=[24,24]", "data.crop_size=20", "model.em_a=4", "model.em_b=3", "model.em_c=3", "model.em_d=2",
+                     "data.val_size=4", "data.image_size=[24,24]", "data.crop_size=20",
+                     "model.em_a=4", "model.em_b=3", "model.em_c=3", "model.em_d=2",
                      "model.em_routing_chunk=2", "batch_sizes=[3,5]", "reference_max_batch_size=3", "warmup_steps=1",
                      "timed_steps=2", "pipeline_batches=2", "include_eval=false", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
