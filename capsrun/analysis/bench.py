@@ -5,7 +5,9 @@ capsrun's train and eval steps, the same steps of the plain reference CapsNet
 (capsrun/models/reference.py: same parameters, weights and loss), the convolutions alone (the
 conv-only bound), the digit-capsule layers alone (the timing split; see `model_steps`), and the
 input pipeline alone; then, at `routing_batch_size`, every routing of `routings` (see
-`routing_contestants`). The steps are timed round-robin (see `measure_interleaved`); ms/step is the
+`routing_contestants`). For model=em_capsnet the reference is the plain EM CapsNet
+(capsrun/models/em_reference.py, up to `reference_max_batch_size`) and the capsule-layer rows are
+its three EM layers; it has no conv-only, routing or loop rows. The steps are timed round-robin (see `measure_interleaved`); ms/step is the
 median of `timed_steps` steps after `warmup_steps`, images/s = batch size / median; memory is the
 process's peak resident set size during each row's warm-up. docs/performance.md explains.
 
@@ -56,7 +58,7 @@ ROWS = [  # (key, label); measurements of every batch size
     ("digit_caps_capsrun", "digit caps capsrun (fwd+bwd)"),
     ("digit_caps_reference", "digit caps reference (fwd+bwd)"),
     ("capsule_layers_capsrun", "capsule layers capsrun (fwd+bwd)"),
-    ("capsule_layers_reference", "capsule layers reference (fwd+bwd)"), ("pipeline", "input pipeline"),
+    ("capsule_layers_reference", "capsule layers ref. (fwd+bwd)"), ("pipeline", "input pipeline"),
 ]
 
 
