@@ -7,9 +7,10 @@ conv-only bound), the digit-capsule layers alone (the timing split; see `model_s
 input pipeline alone; then, at `routing_batch_size`, every routing of `routings` (see
 `routing_contestants`). For model=em_capsnet the reference is the plain EM CapsNet
 (capsrun/models/em_reference.py, up to `reference_max_batch_size`) and the capsule-layer rows are
-its three EM layers; it has no conv-only, routing or loop rows. The steps are timed round-robin (see `measure_interleaved`); ms/step is the
-median of `timed_steps` steps after `warmup_steps`, images/s = batch size / median; memory is the
-process's peak resident set size during each row's warm-up. docs/performance.md explains.
+its three EM layers; it has no conv-only, routing or loop rows. The steps are timed round-robin
+(see `measure_interleaved`); ms/step is the median of `timed_steps` steps after `warmup_steps`,
+images/s = batch size / median; memory is the process's peak resident set size during each row's
+warm-up. docs/performance.md explains.
 
 Shapes: B batch, I primary capsules, K primary capsule dimensions.
 """
