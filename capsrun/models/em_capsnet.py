@@ -140,6 +140,12 @@ class _EMSettings:
         self.beta_u = self.add_weight(name="beta_u", shape=(types,), initializer="zeros")
         self.beta_a = self.add_weight(name="beta_a", shape=(types,), initializer="zeros")
 
+    def votes(self, poses: tf.Tensor, activations: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
+        """Votes V [B, P, J, 16, N] of every window (`window_inputs`, then `window_votes` with this
+        layer's W) and the child activations [B, P, N]."""
+        window_poses, window_activations = self.window_inputs(poses, activations)
+        return self.window_votes(window_poses, self.kernel_weights), window_activations
+
     def _votes_and_routing(self, poses: tf.Tensor, activations: tf.Tensor, weights: tf.Tensor, beta_u: tf.Tensor,
                            beta_a: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
         """Window poses [B, P, N, 16] and activations [B, P, N] -> parent poses [B, P, J, 16] and
@@ -228,11 +234,6 @@ class ConvMatrixCaps(_EMSettings, keras.layers.Layer):
         """Votes V [B, P, types, 16, N] of window poses [B, P, N, 16] through W [N, types, 4, 4]."""
         return matrix_votes(window_poses, weights)
 
-    def votes(self, poses: tf.Tensor, activations: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-        """Votes V [B, P, types, 16, N] and child activations [B, P, N] of every window."""
-        window_poses, window_activations = self.window_inputs(poses, activations)
-        return self.window_votes(window_poses, self.kernel_weights), window_activations
-
     def call(self, poses: tf.Tensor, activations: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
         out_poses, out_activations = self._route_windows(*self.window_inputs(poses, activations))
         rows, cols = self.out_grid
@@ -281,11 +282,6 @@ class ClassMatrixCaps(_EMSettings, keras.layers.Layer):
         if self.coordinate_addition:
             votes = votes + tf.constant(self.offsets, votes.dtype)
         return votes
-
-    def votes(self, poses: tf.Tensor, activations: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
-        """Votes V [B, 1, classes, 16, N] (coordinates added) and activations [B, 1, N]."""
-        window_poses, window_activations = self.window_inputs(poses, activations)
-        return self.window_votes(window_poses, self.kernel_weights), window_activations
 
     def call(self, poses: tf.Tensor, activations: tf.Tensor) -> Tuple[tf.Tensor, tf.Tensor]:
         out_poses, out_activations = self._route_windows(*self.window_inputs(poses, activations))

@@ -205,8 +205,7 @@ def routed_in_chunks(layer_fn: Callable[..., Tuple[tf.Tensor, tf.Tensor]], poses
 
         return outputs, gradient
 
-    mu, act = layer(poses, activations, *parameters)
-    return mu, act
+    return tuple(layer(poses, activations, *parameters))
 
 
 def _over_chunks(body: Callable, batched: Sequence[tf.Tensor], summed_like: Sequence[tf.Tensor], chunk: int,
