@@ -36,7 +36,7 @@ train: install ## Train with Hydra overrides, e.g. make train ARGS="epochs=50 mo
 bench: install ## Speed on this machine: train/eval img/s vs a plain reference CapsNet and the conv-only bound (bench.json), e.g. make bench ARGS="batch_sizes=[128]"
 	$(CAPSRUN) bench $(ARGS)
 
-test: install ## Run the unit and integration tests, slow ones skipped (about 17 minutes on 2 CPU cores)
+test: install ## Run the unit and integration tests, slow ones skipped (about 25-35 minutes on 2 CPU cores)
 	$(PY) -m pytest -m "not slow" tests/unit tests/integration $(ARGS)
 
 test-unit: install ## Run the in-process unit tests only (under 2 minutes)

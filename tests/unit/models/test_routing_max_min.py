@@ -8,7 +8,13 @@ import tensorflow as tf
 from capsrun.config.validation import validate
 from capsrun.errors import CapsrunError
 from capsrun.models.ops import EPSILON
-from capsrun.models.routing.max_min import LOWER_BOUND, UPPER_BOUND, max_min_excess, max_min_normalize
+from capsrun.models.routing.max_min import (
+    LOWER_BOUND,
+    UPPER_BOUND,
+    max_min_excess,
+    max_min_normalize,
+    renormalized_max_min,
+)
 from tests.conftest import compose_config
 from tests.unit.models.routing_checks import (
     assert_gradients_match_finite_differences,
@@ -94,15 +100,24 @@ def plain_normalize(logits):
     return LOWER_BOUND + (UPPER_BOUND - LOWER_BOUND) * (logits - smallest) / spread
 
 
+def plain_renormalize(logits):
+    """The renormalised max-min coupling as plain TensorFlow ops, differentiated by autodiff."""
+    coupling = plain_normalize(logits)
+    return coupling / tf.reduce_sum(coupling, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("plain, fast",
+                         [(plain_normalize, max_min_normalize), (plain_renormalize, renormalized_max_min)],
+                         ids=["zhao", "renormalized"])
 @pytest.mark.parametrize("dtype, tolerance", [(np.float64, 1e-12), (np.float32, 2e-6)])
-def test_written_out_normalisation_gradient_matches_autodiff(dtype, tolerance):
+def test_written_out_normalisation_gradient_matches_autodiff(dtype, tolerance, plain, fast):
     rng = np.random.default_rng(3)
     logits = rng.normal(size=(3, 5, 7)) * 4.0
     logits[0, :, 2] = 1.5  # one input capsule whose parents all agree equally: the EPSILON floor
     logits = tf.constant(logits.astype(dtype))
     upstream = tf.constant(rng.normal(size=(3, 5, 7)).astype(dtype))
     results = []
-    for normalize in (plain_normalize, max_min_normalize):
+    for normalize in (plain, fast):
         with tf.GradientTape() as tape:
             tape.watch(logits)
             coupling = normalize(logits)
@@ -112,7 +127,11 @@ def test_written_out_normalisation_gradient_matches_autodiff(dtype, tolerance):
     # gradients through the floor are (ub - lb) / EPSILON large: compare relative to the largest
     np.testing.assert_allclose(fast_grad, plain_grad, rtol=0, atol=tolerance * np.abs(plain_grad).max())
     assert np.abs(plain_grad[0, :, 2]).max() > 1e3  # the floored column was exercised
-    np.testing.assert_allclose(max_min_excess(logits).numpy() + LOWER_BOUND, plain_c, rtol=tolerance, atol=tolerance)
+    if fast is max_min_normalize:
+        excess = max_min_excess(logits).numpy()
+        np.testing.assert_allclose(excess + LOWER_BOUND, plain_c, rtol=tolerance, atol=tolerance)
+    else:  # equal logits give 1 / J exactly (no cancellation through the floor)
+        np.testing.assert_allclose(fast_c[0, :, 2], 1 / 5, rtol=1e-6)
 
 
 @pytest.mark.parametrize("renormalize", [True, False])
