@@ -68,6 +68,42 @@ UPPER_BOUND = 1.0
 """ub: the coupling of an input capsule with its best-agreeing parent."""
 
 
+class _Extremes:
+    """The min and max over axis 1 (the J parents) of logits b [B, J, I] that both max-min
+    normalisations read, and the placement of their gradient.
+
+    Both normalisations are functions of shifted = b - m [B, J, I] and s = max(M - m, EPSILON)
+    [B, 1, I] (m = min_j b, M = max_j b). Given dL/ds and the sum over j of dL/d shifted_j (both
+    [B, 1, I]), m and M pass them on to their logits: while M - m > EPSILON, dL/dM = dL/ds and
+    dL/dm = -dL/ds - sum_j dL/d shifted_j; when the floor holds, s does not depend on the logits,
+    so dL/dM = 0 and dL/dm = -sum_j dL/d shifted_j, and when all J logits are equal (each one
+    both the min and the max) they share it, 1 / J each (tf.reduce_min's split between ties).
+    Exact ties between some but not all parents give each tied logit the whole dL/dM or dL/dm
+    (tf.reduce_max would split it); routing logits are sums of float dot products, where such
+    ties do not occur.
+
+    The placement is two equality masks and two selects over [B, J, I]; the minimum's mask
+    compares b - m with a scalar 0 (exact at the minimum), which spares a broadcast operand."""
+
+    def __init__(self, logits: tf.Tensor):
+        self.logits = logits
+        self.num_outputs = logits.shape[1]
+        smallest = tf.reduce_min(logits, axis=1, keepdims=True)
+        self.largest = tf.reduce_max(logits, axis=1, keepdims=True)
+        self.range = self.largest - smallest  # M - m [B, 1, I]
+        self.spread = tf.maximum(self.range, EPSILON)  # s
+        self.shifted = logits - smallest  # b - m [B, J, I]
+
+    def place(self, d_spread: tf.Tensor, d_shifted: tf.Tensor) -> tf.Tensor:
+        """[b_j = M] dL/dM + [b_j = m] dL/dm [B, J, I] from dL/ds and sum_j dL/d shifted_j."""
+        unfloored = self.range > EPSILON
+        d_max = tf.where(unfloored, d_spread, tf.where(self.range > 0, tf.zeros_like(d_shifted),
+                                                       -d_shifted / self.num_outputs))
+        d_min = tf.where(unfloored, -d_spread - d_shifted, -d_shifted)
+        return tf.where(tf.equal(self.logits, self.largest), d_max,
+                        tf.where(tf.equal(self.shifted, 0), d_min, tf.zeros_like(d_min)))
+
+
 def max_min_normalize(logits: tf.Tensor, lower: float = LOWER_BOUND, upper: float = UPPER_BOUND) -> tf.Tensor:
     """lb + (ub - lb) (b - min_j b) / (max_j b - min_j b) over axis 1 (the J parents) of
     logits b [B, J, I]; the range is floored at EPSILON (equal logits give lb). Returns [B, J, I]."""
@@ -87,12 +123,9 @@ def max_min_excess(logits: tf.Tensor, lower: float = LOWER_BOUND, upper: float =
     (e_j = k (b_j - m) / s, so d e_j / d s = -e_j / s):
 
         dL/db_j = k g_j / s + [b_j = M] dL/dM + [b_j = m] dL/dm      (otherwise just k g_j / s)
-        dL/dM   = -T,     dL/dm = T - k G / s                        while M - m > EPSILON;
-        all J logits equal (the floor holds): dL/dm = -k G / s, shared by the J tied logits.
 
-    Exact ties between some but not all parents would give each tied logit the whole dL/dM
-    (tf.reduce_max splits it); routing logits are sums of float dot products, where such ties
-    do not occur. Checked against autodiff of the plain formula in the unit tests."""
+    with dL/ds = -T and the sum of dL/d(b_j - m) over j, k G / s, placed on the extremes by
+    `_Extremes.place`. Checked against autodiff of the plain formula in the unit tests."""
     lower, upper = float(lower), float(upper)
 
     @tf.custom_gradient
@@ -104,21 +137,14 @@ def max_min_excess(logits: tf.Tensor, lower: float = LOWER_BOUND, upper: float =
 
 def _excess_and_gradient(logits: tf.Tensor, width: float):
     """(e [B, J, I], its vector-Jacobian product) for `max_min_excess`; width = ub - lb."""
-    num_outputs = logits.shape[1]
-    smallest = tf.reduce_min(logits, axis=1, keepdims=True)
-    largest = tf.reduce_max(logits, axis=1, keepdims=True)
-    spread = tf.maximum(largest - smallest, EPSILON)
-    scale = width / spread  # k / s on [B, 1, I]: the division on the small operand
-    excess = (logits - smallest) * scale  # not b k/s - m k/s: that cancels in float32
+    bounds = _Extremes(logits)
+    scale = width / bounds.spread  # k / s on [B, 1, I]: the division on the small operand
+    excess = bounds.shifted * scale  # not b k/s - m k/s: that cancels in float32
 
     def gradient(upstream: tf.Tensor) -> tf.Tensor:
         total = tf.reduce_sum(upstream, axis=1, keepdims=True)  # G [B, 1, I]
-        share = tf.reduce_sum(upstream * excess, axis=1, keepdims=True) / spread  # T
-        d_max = tf.where(largest - smallest > EPSILON, -share, -scale * total / num_outputs)
-        d_min = share - scale * total
-        extremes = tf.where(tf.equal(logits, largest), d_max,
-                            tf.where(tf.equal(logits, smallest), d_min, tf.zeros_like(d_min)))
-        return upstream * scale + extremes
+        share = tf.reduce_sum(upstream * excess, axis=1, keepdims=True) / bounds.spread  # T
+        return upstream * scale + bounds.place(d_spread=-share, d_shifted=scale * total)
 
     return excess, gradient
 
@@ -141,14 +167,14 @@ def renormalized_max_min(logits: tf.Tensor, lower: float = LOWER_BOUND, upper: f
     H = sum_j dL/dn_j = (sum_j g_j - J T) / N:
 
         dL/db_j = a (g_j - T) + [b_j = M] dL/dM + [b_j = m] dL/dm
-        dL/dM   = lb H / s,   dL/dm = -ub H / s                     while M - m > EPSILON;
-        all J logits equal (the floor holds): dL/dm = -k H / s, shared by the J tied logits
 
-    (dL/ds = -sum_j dL/dn_j (n_j - lb) / s = lb H / s, because sum_j (g_j - T) n_j = 0; m also
-    enters n_j directly, -k H / s). Autodiff of `max_min_normalize` and the division took about
-    22 passes over [B, J, I] per normalisation; this takes 16 (6 forward, 10 backward), against
-    the softmax's 9 (`capsrun.models.routing.contractions.softmax_over_outputs`). Checked against
-    autodiff of the plain formula in the unit tests; ties as in `max_min_excess`."""
+    with dL/ds = -sum_j dL/dn_j (n_j - lb) / s = lb H / s (because sum_j (g_j - T) n_j = 0) and
+    the sum of dL/d(b_j - m) over j, k H / s, placed on the extremes by `_Extremes.place` (so
+    dL/dM = lb H / s and dL/dm = -ub H / s while M - m > EPSILON). Autodiff of
+    `max_min_normalize` and the division took about 22 passes over [B, J, I] per normalisation;
+    this takes 16 (6 forward, 10 backward), against the softmax's 9
+    (`capsrun.models.routing.contractions.softmax_over_outputs`). Checked against autodiff of the
+    plain formula in the unit tests."""
     lower, upper = float(lower), float(upper)
 
     @tf.custom_gradient
@@ -161,23 +187,17 @@ def renormalized_max_min(logits: tf.Tensor, lower: float = LOWER_BOUND, upper: f
 def _renormalized_and_gradient(logits: tf.Tensor, lower: float, upper: float):
     """(c [B, J, I], its vector-Jacobian product) for `renormalized_max_min`."""
     num_outputs, width = logits.shape[1], upper - lower
-    smallest = tf.reduce_min(logits, axis=1, keepdims=True)
-    largest = tf.reduce_max(logits, axis=1, keepdims=True)
-    spread = tf.maximum(largest - smallest, EPSILON)
-    scale = width / spread  # k / s [B, 1, I]
-    shifted = logits - smallest  # exactly 0 at the minimum, so equal logits give lb / (J lb) = 1 / J
-    norm = num_outputs * lower + scale * tf.reduce_sum(shifted, axis=1, keepdims=True)  # N [B, 1, I]
+    bounds = _Extremes(logits)
+    scale = width / bounds.spread  # k / s [B, 1, I]
+    # b - m is exactly 0 at the minimum, so equal logits give lb / (J lb) = 1 / J
+    norm = num_outputs * lower + scale * tf.reduce_sum(bounds.shifted, axis=1, keepdims=True)  # N [B, 1, I]
     slope = scale / norm  # a
-    coupling = shifted * slope + lower / norm
+    coupling = bounds.shifted * slope + lower / norm
 
     def gradient(upstream: tf.Tensor) -> tf.Tensor:
         share = tf.reduce_sum(upstream * coupling, axis=1, keepdims=True)  # T
-        excess = (tf.reduce_sum(upstream, axis=1, keepdims=True) - num_outputs * share) / (norm * spread)  # H / s
-        d_max = tf.where(largest - smallest > EPSILON, lower * excess, -width * excess / num_outputs)
-        d_min = -upper * excess
-        extremes = tf.where(tf.equal(logits, largest), d_max,
-                            tf.where(tf.equal(logits, smallest), d_min, tf.zeros_like(d_min)))
-        return (upstream - share) * slope + extremes
+        excess = (tf.reduce_sum(upstream, axis=1, keepdims=True) - num_outputs * share) / (norm * bounds.spread)  # H / s
+        return (upstream - share) * slope + bounds.place(d_spread=lower * excess, d_shifted=width * excess)
 
     return coupling, gradient
 

@@ -114,6 +114,7 @@ def test_written_out_normalisation_gradient_matches_autodiff(dtype, tolerance, p
     rng = np.random.default_rng(3)
     logits = rng.normal(size=(3, 5, 7)) * 4.0
     logits[0, :, 2] = 1.5  # one input capsule whose parents all agree equally: the EPSILON floor
+    logits[1, :, 4] = rng.normal(size=5) * 2e-8  # distinct, but closer than EPSILON: floored too
     logits = tf.constant(logits.astype(dtype))
     upstream = tf.constant(rng.normal(size=(3, 5, 7)).astype(dtype))
     results = []
@@ -126,7 +127,8 @@ def test_written_out_normalisation_gradient_matches_autodiff(dtype, tolerance, p
     np.testing.assert_allclose(fast_c, plain_c, rtol=tolerance, atol=tolerance)
     # gradients through the floor are (ub - lb) / EPSILON large: compare relative to the largest
     np.testing.assert_allclose(fast_grad, plain_grad, rtol=0, atol=tolerance * np.abs(plain_grad).max())
-    assert np.abs(plain_grad[0, :, 2]).max() > 1e3  # the floored column was exercised
+    assert np.abs(plain_grad[0, :, 2]).max() > 1e3  # the floored columns were exercised
+    assert 0 < np.ptp(logits.numpy()[1, :, 4]) < EPSILON and np.abs(plain_grad[1, :, 4]).max() > 1e3
     if fast is max_min_normalize:
         excess = max_min_excess(logits).numpy()
         np.testing.assert_allclose(excess + LOWER_BOUND, plain_c, rtol=tolerance, atol=tolerance)
