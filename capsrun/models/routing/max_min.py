@@ -196,7 +196,8 @@ def _renormalized_and_gradient(logits: tf.Tensor, lower: float, upper: float):
 
     def gradient(upstream: tf.Tensor) -> tf.Tensor:
         share = tf.reduce_sum(upstream * coupling, axis=1, keepdims=True)  # T
-        excess = (tf.reduce_sum(upstream, axis=1, keepdims=True) - num_outputs * share) / (norm * bounds.spread)  # H / s
+        total = tf.reduce_sum(upstream, axis=1, keepdims=True)  # sum_j g_j
+        excess = (total - num_outputs * share) / (norm * bounds.spread)  # H / s
         return (upstream - share) * slope + bounds.place(d_spread=lower * excess, d_shifted=width * excess)
 
     return coupling, gradient
