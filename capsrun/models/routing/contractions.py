@@ -35,6 +35,8 @@ from typing import Callable, List, Sequence, Tuple
 
 import tensorflow as tf
 
+from capsrun.models.routing.base import unused_gradient
+
 
 def sum_over_inputs(weights: tf.Tensor, votes: tf.Tensor) -> tf.Tensor:
     """sum_i weights[b, j, i] votes[b, j, i, :]: [B, J, I] x [B, J, I, D] -> [B, J, D]."""
@@ -137,11 +139,12 @@ def fast_routing(body: Body, votes: tf.Tensor, weights: Sequence[tf.Tensor] = ()
 
         def gradient(d_parents, d_coupling):
             view.pairs = []
-            # The coupling is rarely part of the loss (None here): leaving it out of the targets
-            # saves a [B, J, I] zeros tensor and its add into the last normalisation's gradient.
-            targets = [parents] if d_coupling is None else [parents, coupling]
+            # The coupling is rarely part of the loss: leaving it out of the targets then saves a
+            # [B, J, I] zeros tensor and its add into the last normalisation's gradient.
+            coupled = not unused_gradient(d_coupling)
+            targets = [parents, coupling] if coupled else [parents]
             upstream = [tf.zeros_like(parents) if d_parents is None else d_parents]
-            upstream += [] if d_coupling is None else [d_coupling]
+            upstream += [d_coupling] if coupled else []
             _, *d_weights = tape.gradient(targets, [anchor, *weights], output_gradients=upstream,
                                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
             return (view.gradient(), *d_weights)

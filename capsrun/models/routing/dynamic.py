@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 
 from capsrun.models.ops import squash, squash_gradient
-from capsrun.models.routing.base import RoutingLayer
+from capsrun.models.routing.base import RoutingLayer, unused_gradient
 
 
 def _sum_over_inputs(weights, predictions):
@@ -95,7 +95,7 @@ def route(votes: tf.Tensor, iterations: int, bias: Optional[tf.Tensor] = None,
             vectors.append(d_weighted)
             if iteration > 0:
                 d_c = _dot_over_dims(predictions, d_weighted)
-                if iteration == iterations - 1 and d_coupling is not None:
+                if iteration == iterations - 1 and not unused_gradient(d_coupling):
                     d_c = d_c + d_coupling
                 d_b = coupling * (d_c - tf.reduce_sum(coupling * d_c, axis=1, keepdims=True))
                 d_logits = d_b if d_logits is None else d_logits + d_b
