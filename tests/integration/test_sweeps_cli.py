@@ -178,8 +178,10 @@ def test_memory_stays_flat_over_a_4_job_sweep(sweep):
     assert [graphs for graphs, _ in logged] == [0, 0, 0, 0]
     rss = [value for _, value in logged]
     # Jobs 1 and 2 warm up allocators and caches for the two model shapes, which jobs 3 and 4
-    # repeat: a job that leaked its traced step (about 8 MiB each) would show there.
-    assert max(rss[1:]) - rss[1] < 6.0, rss
+    # repeat: a job that leaked its traced step (about 8 MiB each) would leave both of them
+    # higher, by 8 and 16 MiB. One job alone can end up to 9 MiB high and the next back down
+    # (measured on a 2-core AMD VM: 777.1, 766.0, 774.9, 766.9 MiB), so the lower of the two counts.
+    assert min(rss[2:]) - rss[1] < 6.0, rss
 
 
 def test_optuna_search_maximises_the_returned_validation_accuracy(tmp_path):
