@@ -48,19 +48,33 @@ def dot_over_dims(votes: tf.Tensor, vectors: tf.Tensor) -> tf.Tensor:
     return tf.squeeze(tf.matmul(votes, vectors[..., None]), axis=-1)
 
 
+def softmax_values(logits: tf.Tensor, leaky: bool = False) -> tf.Tensor:
+    """c [B, J, I] = softmax over axis 1 (the J parents) of logits [B, J, I], as elementwise ops:
+    tf.nn.softmax would transpose J to the last axis and back. `leaky`: one more parent with a
+    fixed logit 0 takes part in the softmax and its share is dropped (Sabour et al.'s official
+    code, `_leaky_routing`), so the J couplings of an input sum to less than 1. No gradient of
+    its own: the callers write it out (`softmax_gradient`)."""
+    largest = tf.reduce_max(logits, axis=1, keepdims=True)
+    if leaky:
+        largest = tf.maximum(largest, 0.0)
+    exponentials = tf.exp(logits - largest)
+    total = tf.reduce_sum(exponentials, axis=1, keepdims=True)
+    return exponentials / (total + tf.exp(-largest) if leaky else total)
+
+
+def softmax_gradient(coupling: tf.Tensor, upstream: tf.Tensor) -> tf.Tensor:
+    """d logits = c (dc - sum_j c dc) [B, J, I]: the vector-Jacobian product of `softmax_values`
+    for its output c and upstream dc (both [B, J, I]). It holds for the leaky softmax too (the
+    leak's logit is a constant). Four passes over [B, J, I], where autodiff of the elementwise
+    form adds a dozen (the gradient of the max, whose true value is zero, and of the division)."""
+    return coupling * (upstream - tf.reduce_sum(coupling * upstream, axis=1, keepdims=True))
+
+
 @tf.custom_gradient
 def softmax_over_outputs(logits: tf.Tensor) -> Tuple[tf.Tensor, Callable]:
-    """softmax over axis 1 (the J parents) of logits [B, J, I], as elementwise ops (tf.nn.softmax
-    would transpose J to the last axis and back), with its vector-Jacobian product
-    d logits = c (dc - sum_j c dc) written out: autodiff of the elementwise form adds a dozen
-    [B, J, I] ops (the gradient of the max, whose true value is zero, and of the division)."""
-    exponentials = tf.exp(logits - tf.reduce_max(logits, axis=1, keepdims=True))
-    coupling = exponentials / tf.reduce_sum(exponentials, axis=1, keepdims=True)
-
-    def gradient(upstream: tf.Tensor) -> tf.Tensor:
-        return coupling * (upstream - tf.reduce_sum(coupling * upstream, axis=1, keepdims=True))
-
-    return coupling, gradient
+    """`softmax_values` of logits [B, J, I] with its vector-Jacobian product `softmax_gradient`."""
+    coupling = softmax_values(logits)
+    return coupling, lambda upstream: softmax_gradient(coupling, upstream)
 
 
 class Votes:

@@ -11,30 +11,7 @@ import tensorflow as tf
 
 from capsrun.models.ops import squash, squash_gradient
 from capsrun.models.routing.base import RoutingLayer, unused_gradient
-
-
-def _sum_over_inputs(weights, predictions):
-    """sum_i weights[b, j, i] * predictions[b, j, i, :]: [B, J, I] x [B, J, I, D] -> [B, J, D],
-    one batched matrix-vector product per (b, j)."""
-    return tf.squeeze(tf.matmul(weights[:, :, None, :], predictions), axis=2)
-
-
-def _dot_over_dims(predictions, vectors):
-    """predictions[b, j, i, :] . vectors[b, j, :]: [B, J, I, D] x [B, J, D] -> [B, J, I]."""
-    return tf.squeeze(tf.matmul(predictions, vectors[..., None]), axis=-1)
-
-
-def _softmax_over_outputs(logits, leaky=False):
-    """softmax over axis 1 (the J digit capsules) of logits [B, J, I], as elementwise ops:
-    tf.nn.softmax would transpose J to the last axis and back. `leaky`: one more parent with a
-    fixed logit 0 takes part in the softmax and its share is dropped (Sabour et al.'s official
-    code, `_leaky_routing`), so the J couplings of an input sum to less than 1."""
-    largest = tf.reduce_max(logits, axis=1, keepdims=True)
-    if leaky:
-        largest = tf.maximum(largest, 0.0)
-    exponentials = tf.exp(logits - largest)
-    total = tf.reduce_sum(exponentials, axis=1, keepdims=True)
-    return exponentials / (total + tf.exp(-largest) if leaky else total)
+from capsrun.models.routing.contractions import dot_over_dims, softmax_gradient, softmax_values, sum_over_inputs
 
 
 def route(votes: tf.Tensor, iterations: int, bias: Optional[tf.Tensor] = None,
@@ -45,7 +22,7 @@ def route(votes: tf.Tensor, iterations: int, bias: Optional[tf.Tensor] = None,
         both contractions of an iteration are one batched matrix-vector product each and no
         transpose is needed inside the loop); iterations: r >= 1; bias: optional b_j [J, D]
         added to s_j in every iteration (the official code's capsule bias); leaky: leaky
-        routing (see `_softmax_over_outputs`).
+        routing (see `capsrun.models.routing.contractions.softmax_values`).
     Returns (v float32 [B, J, D], c float32 [B, J, I] of the last iteration).
 
     The logits b start at zero for each example; c = softmax(b) over the J digit capsules;
@@ -70,14 +47,14 @@ def route(votes: tf.Tensor, iterations: int, bias: Optional[tf.Tensor] = None,
                 coupling = tf.fill(tf.shape(predictions)[:3], tf.constant(uniform, predictions.dtype))
                 weighted = tf.reduce_sum(predictions, axis=2) * uniform
             else:
-                coupling = _softmax_over_outputs(logits, leaky)
-                weighted = _sum_over_inputs(coupling, predictions)
+                coupling = softmax_values(logits, leaky)
+                weighted = sum_over_inputs(coupling, predictions)
             if offset is not None:
                 weighted = weighted + offset
             capsules = squash(weighted)
             states.append((coupling, weighted, capsules))
             if iteration < iterations - 1:
-                agreement = _dot_over_dims(predictions, capsules)
+                agreement = dot_over_dims(predictions, capsules)
                 logits = agreement if logits is None else logits + agreement
         return capsules, coupling, states
 
@@ -86,7 +63,7 @@ def route(votes: tf.Tensor, iterations: int, bias: Optional[tf.Tensor] = None,
         for iteration in reversed(range(iterations)):
             coupling, weighted, capsules = states[iteration]
             if iteration < iterations - 1:
-                d_capsules = _sum_over_inputs(d_logits, predictions)
+                d_capsules = sum_over_inputs(d_logits, predictions)
                 maps.append(d_logits)
                 vectors.append(capsules)
             d_weighted = squash_gradient(weighted, d_capsules)
@@ -94,10 +71,10 @@ def route(votes: tf.Tensor, iterations: int, bias: Optional[tf.Tensor] = None,
             maps.append(coupling)
             vectors.append(d_weighted)
             if iteration > 0:
-                d_c = _dot_over_dims(predictions, d_weighted)
+                d_c = dot_over_dims(predictions, d_weighted)
                 if iteration == iterations - 1 and not unused_gradient(d_coupling):
                     d_c = d_c + d_coupling
-                d_b = coupling * (d_c - tf.reduce_sum(coupling * d_c, axis=1, keepdims=True))
+                d_b = softmax_gradient(coupling, d_c)
                 d_logits = d_b if d_logits is None else d_logits + d_b
         d_votes = tf.matmul(tf.stack(maps, axis=2), tf.stack(vectors, axis=2), transpose_a=True)
         return d_votes, tf.reduce_sum(d_offset, axis=0)
