@@ -77,6 +77,12 @@ def softmax_over_outputs(logits: tf.Tensor) -> Tuple[tf.Tensor, Callable]:
     return coupling, lambda upstream: softmax_gradient(coupling, upstream)
 
 
+def sum_of_outer_products(maps: Sequence[tf.Tensor], vectors: Sequence[tf.Tensor]) -> tf.Tensor:
+    """sum_n maps[n] (x) vectors[n]: n maps [B, J, I] and n vectors [B, J, D] -> [B, J, I, D], the
+    votes' gradient as ONE batched matmul [B, J, n, I]^T x [B, J, n, D] (module docstring)."""
+    return tf.matmul(tf.stack(maps, axis=2), tf.stack(vectors, axis=2), transpose_a=True)
+
+
 class Votes:
     """The votes u_hat [B, J, I, D] seen by a routing body: the three contractions only. Each
     contraction also takes `anchor`, a watched zero scalar, so that autodiff from the body's
@@ -129,9 +135,9 @@ class Votes:
         return contraction(self.anchor)
 
     def gradient(self) -> tf.Tensor:
-        """d u_hat [B, J, I, D] = the sum of the recorded outer products, one batched matmul."""
+        """d u_hat [B, J, I, D] = the sum of the recorded outer products (`sum_of_outer_products`)."""
         maps, vectors = zip(*self.pairs)
-        return tf.matmul(tf.stack(maps, axis=2), tf.stack(vectors, axis=2), transpose_a=True)
+        return sum_of_outer_products(maps, vectors)
 
 
 Body = Callable[..., Tuple[tf.Tensor, tf.Tensor]]

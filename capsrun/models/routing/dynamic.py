@@ -11,7 +11,13 @@ import tensorflow as tf
 
 from capsrun.models.ops import squash, squash_gradient
 from capsrun.models.routing.base import RoutingLayer, unused_gradient
-from capsrun.models.routing.contractions import dot_over_dims, softmax_gradient, softmax_values, sum_over_inputs
+from capsrun.models.routing.contractions import (
+    dot_over_dims,
+    softmax_gradient,
+    softmax_values,
+    sum_of_outer_products,
+    sum_over_inputs,
+)
 
 
 def route(votes: tf.Tensor, iterations: int, bias: Optional[tf.Tensor] = None,
@@ -33,9 +39,9 @@ def route(votes: tf.Tensor, iterations: int, bias: Optional[tf.Tensor] = None,
     iterations in reverse and gathers the gradient of u_hat as ONE batched matmul of the 2r - 1
     coefficient maps with their vectors ([B, J, 2r-1, I]^T x [B, J, 2r-1, D]) instead of
     autodiff's 2r - 1 outer products and their sum, each as large as u_hat; it reads u_hat
-    2r - 2 more times. The softmax's vector-Jacobian product d b = c (d c - sum_j c d c) holds
-    for the leaky softmax too (the leak's logit is a constant); the bias's gradient is the sum
-    of d s over the iterations and the batch.
+    2r - 2 more times. The softmax's vector-Jacobian product is `contractions.softmax_gradient`
+    (it holds for the leaky softmax too); the bias's gradient is the sum of d s over the
+    iterations and the batch.
     """
     num_outputs = votes.shape[1]
     uniform = 1.0 / (num_outputs + 1 if leaky else num_outputs)
@@ -76,8 +82,7 @@ def route(votes: tf.Tensor, iterations: int, bias: Optional[tf.Tensor] = None,
                     d_c = d_c + d_coupling
                 d_b = softmax_gradient(coupling, d_c)
                 d_logits = d_b if d_logits is None else d_logits + d_b
-        d_votes = tf.matmul(tf.stack(maps, axis=2), tf.stack(vectors, axis=2), transpose_a=True)
-        return d_votes, tf.reduce_sum(d_offset, axis=0)
+        return sum_of_outer_products(maps, vectors), tf.reduce_sum(d_offset, axis=0)
 
     if bias is None:
         @tf.custom_gradient
